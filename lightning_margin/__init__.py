@@ -1,0 +1,44 @@
+"""lightning-margin: angular-margin face-recognition heads, backbones and a model zoo for PyTorch Lightning."""
+
+from lightning_margin import functional
+from lightning_margin.heads import (
+    AdaFace,
+    ArcFace,
+    CombinedMargin,
+    CosFace,
+    CurricularFace,
+    LSoftmax,
+    MagFace,
+    MarginHead,
+    ModifiedSoftmax,
+    NormFace,
+    Softmax,
+    SphereFace,
+    SubCenterArcFace,
+    create_head,
+    list_heads,
+    register_head,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaFace",
+    "ArcFace",
+    "CombinedMargin",
+    "CosFace",
+    "CurricularFace",
+    "LSoftmax",
+    "MagFace",
+    "MarginHead",
+    "ModifiedSoftmax",
+    "NormFace",
+    "Softmax",
+    "SphereFace",
+    "SubCenterArcFace",
+    "__version__",
+    "create_head",
+    "functional",
+    "list_heads",
+    "register_head",
+]

@@ -1,0 +1,31 @@
+"""Pure functions behind the margin heads: cosines, angles and margin penalties (no parameters, no state)."""
+
+from lightning_margin.functional.angles import cosine_logits, safe_arccos, target_cosine
+from lightning_margin.functional.margins import (
+    adaface_margins,
+    arcface_margin,
+    chebyshev_cos_multiple,
+    combined_margin,
+    cosface_margin,
+    curricular_negatives,
+    magface_margin,
+    magface_regularizer,
+    replace_target_logits,
+    sphereface_psi,
+)
+
+__all__ = [
+    "adaface_margins",
+    "arcface_margin",
+    "chebyshev_cos_multiple",
+    "combined_margin",
+    "cosface_margin",
+    "cosine_logits",
+    "curricular_negatives",
+    "magface_margin",
+    "magface_regularizer",
+    "replace_target_logits",
+    "safe_arccos",
+    "sphereface_psi",
+    "target_cosine",
+]

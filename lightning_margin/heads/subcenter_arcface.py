@@ -1,0 +1,63 @@
+"""Sub-center ArcFace: K centres per class, the nearest one counts."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_margin._validation import check_integer
+from lightning_margin.functional import cosine_logits
+from lightning_margin.heads.arcface import ArcFace
+from lightning_margin.heads.registry import register_head
+
+__all__ = ["SubCenterArcFace"]
+
+
+@register_head("subcenter_arcface")
+class SubCenterArcFace(ArcFace):
+    """Sub-center ArcFace (Deng et al., 2020, "Sub-center ArcFace: Boosting Face Recognition by Large-Scale Noisy
+    Web Faces").
+
+    Each class has ``K`` centres (weight rows ``j*K .. j*K+K-1``); ``cos theta_j = max_k cos theta_{j,k}``, then
+    ArcFace. Noisy samples gather around non-dominant sub-centres instead of pulling the dominant one.
+
+    Args:
+        embedding_size: Width of the embeddings.
+        num_classes: Number of identities.
+        scale: The scale ``s``.
+        margin: The angular margin ``m`` in radians.
+        num_subcenters: ``K`` (the paper uses 3).
+        easy_margin: As in :class:`ArcFace`.
+
+    Example:
+        >>> head = SubCenterArcFace(embedding_size=512, num_classes=100, num_subcenters=3)
+        >>> head.weight.shape
+        torch.Size([300, 512])
+    """
+
+    def __init__(
+        self,
+        embedding_size: int,
+        num_classes: int,
+        scale: float = 64.0,
+        margin: float = 0.5,
+        num_subcenters: int = 3,
+        easy_margin: bool = False,
+    ) -> None:
+        num_subcenters = check_integer("num_subcenters", num_subcenters)
+        super().__init__(
+            embedding_size, num_classes, scale, margin, easy_margin=easy_margin, rows_per_class=num_subcenters
+        )
+        self.num_subcenters = num_subcenters
+
+    def _cosine_logits(self, x: Tensor, scale: float | Tensor) -> Tensor:
+        logits = cosine_logits(x, self._weight(x), scale)  # [B, C*K]; a positive scale commutes with max
+        return logits.view(x.shape[0], self.num_classes, self.num_subcenters).max(dim=2).values
+
+    def _target_cosine(self, x: Tensor, labels: Tensor) -> Tensor:
+        centres = self._weight(x).view(self.num_classes, self.num_subcenters, -1)[labels]  # [B, K, D]
+        cos = (F.normalize(centres, dim=2) @ F.normalize(x, dim=1).unsqueeze(2)).squeeze(2)
+        return cos.max(dim=1).values
+
+    def _hyperparameter_names(self) -> list[str]:
+        return [*super()._hyperparameter_names(), "num_subcenters"]
