@@ -1,6 +1,6 @@
 """lightning-margin: angular-margin face-recognition heads, backbones and a model zoo for PyTorch Lightning."""
 
-from lightning_margin import functional
+from lightning_margin import callbacks, functional
 from lightning_margin.heads import (
     AdaFace,
     ArcFace,
@@ -19,6 +19,7 @@ from lightning_margin.heads import (
     list_heads,
     register_head,
 )
+from lightning_margin.module import MarginModule
 
 __version__ = "0.1.0"
 
@@ -31,12 +32,14 @@ __all__ = [
     "LSoftmax",
     "MagFace",
     "MarginHead",
+    "MarginModule",
     "ModifiedSoftmax",
     "NormFace",
     "Softmax",
     "SphereFace",
     "SubCenterArcFace",
     "__version__",
+    "callbacks",
     "create_head",
     "functional",
     "list_heads",

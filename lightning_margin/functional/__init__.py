@@ -13,8 +13,10 @@ from lightning_margin.functional.margins import (
     replace_target_logits,
     sphereface_psi,
 )
+from lightning_margin.functional.schedules import SCHEDULES, sphereface_lambda, warmup_value
 
 __all__ = [
+    "SCHEDULES",
     "adaface_margins",
     "arcface_margin",
     "chebyshev_cos_multiple",
@@ -26,6 +28,8 @@ __all__ = [
     "magface_regularizer",
     "replace_target_logits",
     "safe_arccos",
+    "sphereface_lambda",
     "sphereface_psi",
     "target_cosine",
+    "warmup_value",
 ]

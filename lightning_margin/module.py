@@ -1,0 +1,259 @@
+"""MarginModule: a LightningModule that trains backbone + neck + margin head for face recognition."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import timm
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_margin._validation import check_choice, check_integer
+from lightning_margin.heads import MarginHead, create_head
+from lightning_margin.necks import create_neck, list_necks
+
+__all__ = ["MarginModule", "build_backbone", "default_optimizer"]
+
+
+def default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
+    """SGD with momentum 0.9, lr 0.1 and weight decay 5e-4: the insightface recipe for ResNet-class backbones."""
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+
+def build_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """A timm model (``num_classes=0``: features, no classifier); our face backbones are in timm's registry.
+
+    Unknown names raise ``ValueError`` with the closest timm names.
+    """
+    import lightning_margin.backbones  # noqa: F401  (registers iresnet*/mobilefacenet in timm)
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown backbone {name!r}: not a timm model name{hint} (face backbones: "
+            f"{', '.join(timm.list_models('iresnet*') + timm.list_models('mobilefacenet*'))}; "
+            "all names: timm.list_models())"
+        )
+    return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+
+
+def _feature_width(backbone: nn.Module, input_size: int, in_chans: int = 3) -> int:
+    """Width of the backbone's flat output for ``input_size`` images, measured with one dummy forward."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            param = next(backbone.parameters(), None)
+            device = param.device if param is not None else torch.device("cpu")
+            out = backbone(torch.zeros(2, in_chans, input_size, input_size, device=device))
+    finally:
+        backbone.train(was_training)
+    if out.ndim != 2:
+        raise ValueError(
+            f"the backbone must map images to flat features [batch, features], but for {input_size}x{input_size} "
+            f"input it returns shape {tuple(out.shape)}; create timm models with num_classes=0 and a global_pool"
+        )
+    return out.shape[1]
+
+
+class MarginModule(pl.LightningModule):
+    """Backbone -> embedding neck -> margin head, trained with the head's loss and validated by face verification.
+
+    ``forward(images)`` returns the embeddings (no head, not normalised): what a face embedder outputs.
+    ``training_step`` returns the head's loss and logs ``train/loss``, ``train/accuracy`` (top-1 of the
+    head's inference logits) and ``train/lr``. Validation embeds both images of every pair of each verification
+    set of the datamodule (with flip test-time augmentation) and logs ``val/<set>/<metric>``.
+
+    Args:
+        backbone: A timm model name (``iresnet50``, ``mobilefacenet``, ``resnet18``, ...) created with
+            ``num_classes=0``, or any ``nn.Module`` mapping images to ``[B, features]``.
+        num_classes: Number of training identities (linked from the datamodule by the CLI).
+        embedding_size: Width of the embeddings.
+        head: A head name from :func:`~lightning_margin.heads.list_heads`, or a head instance.
+        head_kwargs: Hyperparameters of the head (``scale``, ``margin``, ...) when ``head`` is a name.
+        neck: The output layer between backbone and embedding: ``bn_dropout_fc_bn`` (the ArcFace paper's
+            option E), ``fc_bn``, ``linear`` or ``identity``.
+        dropout: Dropout rate in the neck.
+        backbone_kwargs: Extra arguments for ``timm.create_model`` (``global_pool``, ``drop_path_rate``, ...).
+        pretrained: Load timm's pretrained weights for the backbone (needs them cached or network access).
+        input_size: Square input size in pixels; used to measure the backbone's output width.
+        optimizer: A callable ``params -> Optimizer`` (LightningCLI: ``--model.optimizer SGD
+            --model.optimizer.lr 0.1``). It receives two parameter groups: backbone + neck, then the head.
+        lr_scheduler: A callable ``optimizer -> LRScheduler`` or ``None``.
+        scheduler_interval: Step the scheduler every ``"epoch"`` or every ``"step"``.
+        head_weight_decay: Weight decay of the head's parameters (insightface uses a different value for the
+            classifier); ``None`` keeps the optimizer's.
+        flip_test: Flip test-time augmentation in validation: a pair member's embedding is the normalised
+            sum of the embeddings of the image and its mirror.
+        far: False accept rates at which validation reports the true accept rate.
+
+    Example:
+        >>> model = MarginModule("iresnet18", num_classes=100, embedding_size=128, head="arcface",
+        ...                      head_kwargs={"scale": 32.0, "margin": 0.5}, input_size=112)
+        >>> model(torch.randn(2, 3, 112, 112)).shape
+        torch.Size([2, 128])
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "iresnet50",
+        num_classes: int = 1000,
+        embedding_size: int = 512,
+        head: str | MarginHead = "arcface",
+        head_kwargs: dict[str, Any] | None = None,
+        neck: Literal["bn_dropout_fc_bn", "fc_bn", "linear", "identity"] = "bn_dropout_fc_bn",
+        dropout: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
+        pretrained: bool = False,
+        input_size: int = 112,
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["epoch", "step"] = "epoch",
+        head_weight_decay: float | None = None,
+        flip_test: bool = True,
+        far: Sequence[float] = (1e-3,),
+    ) -> None:
+        super().__init__()
+        # Modules and callables are not hyperparameters: checkpoints must load with `weights_only=True`.
+        modules = [name for name, value in (("backbone", backbone), ("head", head)) if isinstance(value, nn.Module)]
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *modules])
+        num_classes = check_integer("num_classes", num_classes)
+        embedding_size = check_integer("embedding_size", embedding_size)
+        check_choice("neck", neck, list_necks())
+        check_choice("scheduler_interval", scheduler_interval, ("epoch", "step"))
+        self.input_size = check_integer("input_size", input_size)
+
+        self.backbone = (
+            build_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
+            if isinstance(backbone, str)
+            else backbone
+        )
+        in_features = _feature_width(self.backbone, self.input_size, (backbone_kwargs or {}).get("in_chans", 3))
+        self.neck = create_neck(neck, in_features, embedding_size, dropout)
+
+        if isinstance(head, str):
+            self.head = create_head(head, embedding_size=embedding_size, num_classes=num_classes, **(head_kwargs or {}))
+        elif isinstance(head, nn.Module):
+            for name, expected in (("embedding_size", embedding_size), ("num_classes", num_classes)):
+                if getattr(head, name, expected) != expected:
+                    raise ValueError(f"the head has {name}={getattr(head, name)}, but the module has {name}={expected}")
+            self.head = head
+        else:
+            raise ValueError(f"`head` must be a head name or a MarginHead instance, got {type(head).__name__}")
+
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.scheduler_interval = scheduler_interval
+        self.head_weight_decay = head_weight_decay
+        self.flip_test = flip_test
+        self.far = tuple(far)
+        self.val_metrics = nn.ModuleList()
+        self.val_set_names: list[str] = []
+
+    # ---- model ------------------------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Embeddings ``[B, embedding_size]`` of ``images`` ``[B, C, H, W]`` (not normalised)."""
+        return self.neck(self.backbone(images))
+
+    # ---- training ---------------------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        images, labels = batch
+        embeddings = self(images)
+        loss = self.head(embeddings, labels)
+        batch_size = labels.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        if self._logging_step():
+            # The inference logits (no margin): the accuracy a user would see, not the margin-penalised one.
+            with torch.no_grad():
+                accuracy = (self.head.logits(embeddings.detach()).argmax(dim=1) == labels).float().mean()
+            self.log("train/accuracy", accuracy, prog_bar=True, batch_size=batch_size)
+            if self._trainer is not None and self._trainer.optimizers:
+                self.log("train/lr", self._trainer.optimizers[0].param_groups[0]["lr"], batch_size=batch_size)
+        return {"loss": loss, "embeddings": embeddings.detach(), "labels": labels}
+
+    def _logging_step(self) -> bool:
+        # The accuracy needs a second [B, num_classes] matmul: only pay for it on the steps that are logged.
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        return trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
+
+    def configure_optimizers(self) -> Any:
+        head_params = list(self.head.parameters())
+        head_ids = {id(p) for p in head_params}
+        body_params = [p for p in self.parameters() if id(p) not in head_ids]
+        head_group: dict[str, Any] = {"params": head_params}
+        if self.head_weight_decay is not None:
+            head_group["weight_decay"] = self.head_weight_decay
+        optimizer = self.optimizer_factory([{"params": body_params}, head_group])
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    # ---- validation -------------------------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate", "test"):
+            self._build_val_metrics()
+
+    def _build_val_metrics(self) -> None:
+        from lightning_margin.metrics import VerificationMetrics
+
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        names = list(getattr(datamodule, "verification_set_names", []) or [])
+        if not names:
+            return
+        self.val_set_names = names
+        self.val_metrics = nn.ModuleList(VerificationMetrics(far=self.far) for _ in names)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """L2-normalised evaluation embeddings, with flip test-time augmentation when ``flip_test``."""
+        from lightning_margin.tta import embed
+
+        return embed(self, images, flip=self.flip_test)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0):
+        if not self.val_metrics:
+            return
+        images1, images2, issame = batch
+        self.val_metrics[dataloader_idx].update(self.embed(images1), self.embed(images2), issame)
+
+    test_step = validation_step
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_verification("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_verification("test")
+
+    def _log_verification(self, prefix: str) -> None:
+        for name, metric in zip(self.val_set_names, self.val_metrics, strict=True):
+            if not metric.update_called:
+                continue
+            results = metric.compute()
+            values = {f"{prefix}/{name}/{key}": value for key, value in results.items() if _is_scalar(value)}
+            self.log_dict(values, add_dataloader_idx=False, sync_dist=False)
+            self._log_roc_figure(prefix, name, metric)
+            metric.reset()
+
+    def _log_roc_figure(self, prefix: str, name: str, metric: nn.Module) -> None:
+        if self.trainer.sanity_checking or not self.loggers:
+            return
+        from lightning_margin.loggers import log_figure
+        from lightning_margin.plots.roc import plot_roc_curves
+
+        fpr, tpr, _ = metric.roc_curve()
+        figure = plot_roc_curves({name: (fpr.cpu(), tpr.cpu())}, title=f"{name}, epoch {self.current_epoch}")
+        log_figure(self.loggers, f"{prefix}/{name}/roc", figure, step=self.global_step)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1)

@@ -1,0 +1,144 @@
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_margin import MarginModule
+from lightning_margin.heads import ArcFace, list_heads
+from tests.helpers import IMAGE_SIZE, tiny_backbone, train_loader
+
+
+def make_module(head="arcface", **kwargs):
+    kwargs.setdefault("head_kwargs", {"scale": 16.0, "margin": 0.2} if head in ("arcface", "cosface") else None)
+    return MarginModule(
+        backbone=tiny_backbone(),
+        num_classes=4,
+        embedding_size=16,
+        head=head,
+        neck="linear",
+        input_size=IMAGE_SIZE,
+        **kwargs,
+    )
+
+
+def trainer(tmp_path, **kwargs):
+    kwargs.setdefault("max_steps", 5)
+    return pl.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
+def test_forward_is_neck_of_backbone_and_training_loss_is_the_heads():
+    module = make_module()
+    images = torch.randn(4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    labels = torch.tensor([0, 1, 2, 3])
+    features = F.relu(F.linear(images.flatten(1), module.backbone[1].weight, module.backbone[1].bias))
+    expected = F.linear(features, module.neck[1].weight, module.neck[1].bias)
+    torch.testing.assert_close(module(images), expected)
+    out = module.training_step((images, labels), 0)
+    # ArcFace loss written out: s * cos(theta_y + m) on the true class, s * cos elsewhere.
+    cos = F.normalize(expected) @ F.normalize(module.head.weight).T
+    theta = torch.acos(cos[torch.arange(4), labels])
+    logits = 16.0 * cos
+    logits[torch.arange(4), labels] = 16.0 * torch.cos(theta + 0.2)
+    torch.testing.assert_close(out["loss"], F.cross_entropy(logits, labels))
+    assert out["embeddings"].requires_grad is False and torch.equal(out["labels"], labels)
+
+
+def test_bad_configuration_fails_before_training_and_names_the_allowed_values():
+    with pytest.raises(ValueError, match="did you mean.*iresnet50"):
+        MarginModule(backbone="iresnet500", num_classes=4)
+    with pytest.raises(ValueError, match="available heads: .*arcface"):
+        make_module(head="arcfaec")
+    with pytest.raises(ValueError, match="embedding_size=32, but the module has embedding_size=16"):
+        make_module(head=ArcFace(embedding_size=32, num_classes=4))
+    with pytest.raises(ValueError, match="num_classes"):
+        make_module(head=ArcFace(embedding_size=16, num_classes=5))
+    with pytest.raises(ValueError, match="does not take 'margn'"):
+        make_module(head="arcface", head_kwargs={"margn": 0.5})
+    with pytest.raises(ValueError, match="outputs 32"):
+        MarginModule(backbone=tiny_backbone(), num_classes=4, embedding_size=16, neck="identity", input_size=8)
+
+
+def test_head_gets_its_own_weight_decay_and_every_parameter_is_optimised_once():
+    module = make_module(head_weight_decay=0.0)
+    optimizer = module.configure_optimizers()
+    body, head = optimizer.param_groups
+    assert body["weight_decay"] == 5e-4 and head["weight_decay"] == 0.0
+    assert [id(p) for p in head["params"]] == [id(module.head.weight)]
+    assert sorted(id(p) for g in optimizer.param_groups for p in g["params"]) == sorted(
+        id(p) for p in module.parameters()
+    )
+
+
+@pytest.mark.parametrize("head", ["softmax", "arcface", "cosface", "combined"])
+def test_fit_lowers_the_loss_and_logs_accuracy_and_lr(tmp_path, head):
+    module = make_module(head=head, optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    images, labels = next(iter(train_loader(batch_size=64, shuffle=False)))
+    with torch.no_grad():
+        before = module.head(module(images), labels).item()
+    trainer(tmp_path, max_steps=40).fit(module, train_loader())
+    with torch.no_grad():
+        module.eval()
+        after = module.head(module(images), labels).item()
+        accuracy = (module.head.logits(module(images)).argmax(1) == labels).float().mean().item()
+    assert after < 0.5 * before
+    assert accuracy == 1.0
+    metrics = trainer_metrics(tmp_path)
+    assert {"train/loss", "train/accuracy", "train/lr"} <= set(metrics)
+    assert metrics["train/lr"] == pytest.approx(0.05)
+
+
+def trainer_metrics(tmp_path):
+    import csv
+
+    with open(next(tmp_path.rglob("metrics.csv"))) as handle:
+        rows = list(csv.DictReader(handle))
+    last = {}
+    for row in rows:
+        last.update({key: float(value) for key, value in row.items() if value not in ("", None)})
+    return last
+
+
+def test_bf16_mixed_fit_is_finite_and_the_head_runs_in_fp32(tmp_path):
+    module = make_module(optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    seen = {}
+    original = module.head._logits
+
+    def spy(x, labels):
+        seen.setdefault("input", x.dtype)
+        logits = original(x, labels)
+        seen.setdefault("logits", logits.dtype)
+        return logits
+
+    module.head._logits = spy
+
+    def record_embedding_dtype(mod, inputs, output):
+        seen.setdefault("embedding", output.dtype)  # returns None: a forward hook must not replace the output
+
+    module.neck.register_forward_hook(record_embedding_dtype)
+    trainer(tmp_path, precision="bf16-mixed", max_steps=10).fit(module, train_loader())
+    assert seen == {"embedding": torch.bfloat16, "input": torch.float32, "logits": torch.float32}
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert torch.isfinite(torch.tensor(trainer_metrics(tmp_path)["train/loss"]))
+
+
+@pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
+def test_every_registered_head_trains_inside_the_module(tmp_path):
+    for head in list_heads():
+        module = make_module(head=head, optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+        images, labels = next(iter(train_loader(batch_size=16)))
+        loss = module.training_step((images, labels), 0)["loss"]
+        loss.backward()
+        assert torch.isfinite(loss), head
+        assert module.head.weight.grad is not None and torch.isfinite(module.head.weight.grad).all(), head
