@@ -1,0 +1,49 @@
+"""Face-recognition backbones registered in timm's model registry.
+
+Importing this package registers ``iresnet18``, ``iresnet34``, ``iresnet50``, ``iresnet100`` (ArcFace's improved
+residual networks) and ``mobilefacenet`` (Chen et al., 2018), so that they are built like any timm model.
+
+Example:
+    >>> import timm
+    >>> import lightning_margin.backbones
+    >>> timm.list_models("iresnet*")
+    ['iresnet18', 'iresnet34', 'iresnet50', 'iresnet100']
+    >>> timm.create_model("iresnet18", num_classes=0).num_features
+    512
+"""
+
+from lightning_margin.backbones.iresnet import (
+    IRESNET_LAYERS,
+    IRESNET_POOL_TYPES,
+    IRBlock,
+    IResNet,
+    iresnet18,
+    iresnet34,
+    iresnet50,
+    iresnet100,
+)
+from lightning_margin.backbones.mobilefacenet import (
+    MOBILEFACENET_BOTTLENECKS,
+    MOBILEFACENET_POOL_TYPES,
+    Bottleneck,
+    ConvBnPReLU,
+    MobileFaceNet,
+    mobilefacenet,
+)
+
+__all__ = [
+    "IRESNET_LAYERS",
+    "IRESNET_POOL_TYPES",
+    "MOBILEFACENET_BOTTLENECKS",
+    "MOBILEFACENET_POOL_TYPES",
+    "Bottleneck",
+    "ConvBnPReLU",
+    "IRBlock",
+    "IResNet",
+    "MobileFaceNet",
+    "iresnet18",
+    "iresnet34",
+    "iresnet50",
+    "iresnet100",
+    "mobilefacenet",
+]
