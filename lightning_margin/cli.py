@@ -1,0 +1,65 @@
+"""The ``lightning-margin`` command: LightningCLI for ``fit``/``validate``/``test``/``predict``, plus tools.
+
+``lightning-margin fit --config configs/arcface.yaml`` trains; ``lightning-margin data pack ...``,
+``lightning-margin plot ...`` and ``lightning-margin verify ...`` run the tools. Every training argument is a
+typed constructor argument of :class:`~lightning_margin.MarginModule`, :class:`~lightning_margin.data.FaceDataModule`
+or Lightning's ``Trainer``; ``lightning-margin fit --help`` lists them, ``--print_config`` shows a full config.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from importlib import import_module
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_margin.module import MarginModule
+
+__all__ = ["MarginCLI", "main"]
+
+# Commands that are not Lightning subcommands: name -> ("module:function", help). Imported only when used.
+TOOLS: dict[str, tuple[str, str]] = {
+    "data": ("lightning_margin.data.pack:main", "build RecordIO (.rec/.idx) and verification .bin files"),
+    "plot": ("lightning_margin.plots.cli:main", "draw the margin papers' figures"),
+    "verify": ("lightning_margin.verify:main", "evaluate models on verification pairs; compare with model cards"),
+}
+
+
+class MarginCLI(LightningCLI):
+    """LightningCLI with the datamodule's ``num_classes`` linked into the model, so configs never repeat it."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+
+def _tool(target: str) -> Callable[[list[str]], int]:
+    module, _, function = target.partition(":")
+    return getattr(import_module(module), function)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lightning-margin`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in TOOLS:
+        return int(_tool(TOOLS[args[0]][0])(args[1:]) or 0)
+    if args and args[0] in ("-h", "--help"):
+        print("Tools (each has --help):")
+        for name, (_, description) in TOOLS.items():
+            print(f"  lightning-margin {name:<8} {description}")
+        print("Training (LightningCLI):")
+    from lightning_margin.data import FaceDataModule
+
+    MarginCLI(
+        MarginModule,
+        FaceDataModule,
+        args=args,
+        auto_configure_optimizers=False,  # the model owns its optimizer arguments (one way to set them)
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"prog": "lightning-margin"},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
