@@ -1,0 +1,247 @@
+"""``FaceDataModule``: one training source and any number of named verification sets, configured from YAML."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_margin.data.corrupt import (
+    SkipCorruptDataset,
+    SkipCounter,
+    SkipReportingDataLoader,
+    collate_skipping_none,
+)
+from lightning_margin.data.sources import (
+    DATA_ENV,
+    build_training_set,
+    build_verification_set,
+    parse_source,
+    resolve_data_root,
+)
+from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform
+
+__all__ = ["FaceDataModule"]
+
+
+class FaceDataModule(LightningDataModule):
+    """Face training and verification data for angular-margin models, from LFW, image folders, RecordIO and .bin.
+
+    Training batches are ``(images, labels)``: ``float32 [B, 3, H, W]`` normalised to ``[-1, 1]`` (by default) and
+    ``int64 [B]``. :meth:`val_dataloader` returns one loader per verification set, in the order of
+    :attr:`verification_set_names`, with batches ``(images1, images2, issame)`` (no flip: models apply flip test-time
+    augmentation themselves).
+
+    Sources are strings (see :mod:`lightning_margin.data.sources`): ``"synthetic[:N]"``, ``"lfw:dev_train"``,
+    ``"imagefolder:PATH"``, ``"recordio:PATH"`` for training; ``"synthetic[:N]"``, ``"lfw:dev_test"``,
+    ``"lfw:10fold"``, ``"bin:PATH"`` for verification. Relative paths and LFW (``<root>/lfw``) are found under the
+    data root: ``data_root``, else ``$LIGHTNING_MARGIN_DATA``.
+
+    Preprocessing (:class:`~lightning_margin.data.transforms.FaceTransform`): centre crop (``lfw_crop_size`` for LFW's
+    250x250 deep-funneled images, whose face sits in the centre; ``crop_size`` for image folders, RecordIO and .bin,
+    none by default since those are usually aligned already), resize to ``image_size``, random horizontal flip with
+    ``flip_probability`` (training only), RGB, ``(x / 255 - mean) / std``.
+
+    Distributed training: Lightning replaces the samplers with distributed ones (do not set
+    ``use_distributed_sampler=False``); workers are persistent when ``num_workers > 0``; memory is pinned when the
+    trainer runs on a GPU (``pin_memory=None``).
+
+    Args:
+        train: The training source.
+        val_sets: Verification sets, ``{name: source}``; names are what metrics are logged under. ``None`` picks a
+            default: ``{"lfw_dev_test": "lfw:dev_test"}`` when training on ``lfw:dev_train`` (View 1: disjoint
+            people), ``{"synthetic": "synthetic"}`` when training on synthetic data, none otherwise.
+        data_root: The folder holding ``lfw/`` and relative paths; ``None`` reads ``$LIGHTNING_MARGIN_DATA``.
+        image_size: The backbone's input side, or ``(height, width)``.
+        lfw_crop_size: Centre crop (pixels) of LFW images before resizing.
+        crop_size: Centre crop of other sources' images before resizing; ``None`` for none.
+        mean: Per-channel normalisation mean, in ``[0, 1]`` units.
+        std: Per-channel normalisation standard deviation, in ``[0, 1]`` units.
+        flip_probability: Probability of mirroring a training image.
+        batch_size: Training batch size (per device); the last incomplete batch is dropped.
+        val_batch_size: Verification batch size in pairs; ``None`` uses ``batch_size``.
+        num_workers: DataLoader worker processes per loader.
+        pin_memory: Pin host memory; ``None`` pins when the trainer's device (or, before a trainer is attached, the
+            machine) has CUDA.
+        min_images_per_identity: Drop training identities with fewer images (LFW, image folders); LFW DevTrain has
+            1,184 people with 2 or more.
+        skip_corrupt: Skip unreadable training images (corrupt, truncated, missing) and report the count at the end
+            of each epoch, instead of stopping with an error naming the file.
+        image_folder_cache_dir: Where image folder listings are cached; ``None`` for the default
+            (``~/.cache/lightning_margin/image_folder``).
+
+    Raises:
+        ValueError: on an unknown source, split or setting, naming the allowed values.
+        FileNotFoundError: if the training data is missing (named, with the data root setting to fix).
+
+    Example:
+        >>> data = FaceDataModule(train="synthetic:8", val_sets={"synthetic": "synthetic:20"}, image_size=32,
+        ...                       batch_size=16, num_workers=0)
+        >>> data.num_classes, data.verification_set_names
+        (8, ['synthetic'])
+        >>> images, labels = next(iter(data.train_dataloader()))
+        >>> tuple(images.shape), labels.dtype
+        ((16, 3, 32, 32), torch.int64)
+    """
+
+    def __init__(
+        self,
+        train: str = "synthetic",
+        val_sets: dict[str, str] | None = None,
+        data_root: str | None = None,
+        image_size: int | tuple[int, int] = 112,
+        lfw_crop_size: int = LFW_CROP_SIZE,
+        crop_size: int | None = None,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        flip_probability: float = 0.5,
+        batch_size: int = 64,
+        val_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool | None = None,
+        min_images_per_identity: int = 1,
+        skip_corrupt: bool = False,
+        image_folder_cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
+            raise ValueError(f"batch_size and val_batch_size must be >= 1, got {batch_size} and {val_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if lfw_crop_size < 1 or (crop_size is not None and crop_size < 1):
+            raise ValueError(f"lfw_crop_size and crop_size must be positive, got {lfw_crop_size} and {crop_size}")
+        if min_images_per_identity < 1:
+            raise ValueError(f"min_images_per_identity must be >= 1, got {min_images_per_identity}")
+        self.train_source = parse_source(train, "training")
+        if val_sets is None:
+            if train == "lfw:dev_train":
+                val_sets = {"lfw_dev_test": "lfw:dev_test"}
+            elif self.train_source.kind == "synthetic":
+                val_sets = {"synthetic": "synthetic"}
+            else:
+                val_sets = {}
+        for name, spec in val_sets.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"verification set names must be non-empty strings, got {name!r}")
+            parse_source(spec, "verification")
+        self.val_sets = dict(val_sets)
+        self.data_root = resolve_data_root(data_root)
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size if val_batch_size is not None else batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.skip_corrupt = skip_corrupt
+        self.image_size = image_size
+        # Transforms validate image size, mean, std and flip probability.
+        self.train_transform = self._transform(self.train_source.kind, flip_probability, lfw_crop_size, crop_size)
+        self._eval_transforms = {
+            kind: self._transform(kind, 0.0, lfw_crop_size, crop_size) for kind in ("lfw", "synthetic", "bin")
+        }
+        # The training set is built now: ``num_classes`` must exist right after __init__ for LightningCLI's
+        # ``data.num_classes -> model.num_classes`` link. Every reader indexes cheaply (list files, a RecordIO
+        # header, a cached folder listing) and opens no file handles until items are read.
+        try:
+            self.train_set: Dataset = build_training_set(
+                train,
+                self.data_root,
+                self.train_transform,
+                image_size=image_size,
+                min_images_per_identity=min_images_per_identity,
+                check_files=not skip_corrupt,  # with skipping, a missing file is counted when read instead
+                cache_dir=image_folder_cache_dir,
+            )
+        except FileNotFoundError as error:
+            root = f"data root {self.data_root}" if self.data_root else f"no data root (data_root / ${DATA_ENV} unset)"
+            raise FileNotFoundError(f"training source {train!r}: {error} [{root}]") from error
+        self.skip_counter = SkipCounter()
+        self._val_datasets: dict[str, Dataset] | None = None
+
+    def _transform(
+        self, kind: str, flip_probability: float, lfw_crop_size: int, crop_size: int | None
+    ) -> FaceTransform:
+        crop = lfw_crop_size if kind == "lfw" else None if kind == "synthetic" else crop_size
+        return FaceTransform(self.image_size, crop, self.hparams.mean, self.hparams.std, flip_probability)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of training identities (for the model's classification head)."""
+        return int(self.train_set.num_classes)  # type: ignore[attr-defined]
+
+    @property
+    def verification_set_names(self) -> list[str]:
+        """Names of the verification sets, in the order of :meth:`val_dataloader`'s loaders."""
+        return list(self.val_sets)
+
+    @property
+    def skipped_images(self) -> int:
+        """Unreadable training images skipped so far (all epochs, all workers; ``skip_corrupt=True``)."""
+        return self.skip_counter.total
+
+    def val_datasets(self) -> dict[str, Dataset]:
+        """The verification datasets by name (built on first use)."""
+        if self._val_datasets is None:
+            datasets = {}
+            for name, spec in self.val_sets.items():
+                kind = parse_source(spec, "verification").kind
+                datasets[name] = build_verification_set(
+                    spec, self.data_root, self._eval_transforms[kind], image_size=self.image_size
+                )
+            self._val_datasets = datasets
+        return self._val_datasets
+
+    def setup(self, stage: str) -> None:
+        if stage in ("fit", "validate"):
+            self.val_datasets()
+
+    def _pin_memory(self) -> bool:
+        if self.pin_memory is not None:
+            return self.pin_memory
+        trainer = self.trainer
+        if trainer is not None:
+            return trainer.strategy.root_device.type == "cuda"
+        return torch.cuda.is_available()
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self.train_set) < self.batch_size:  # type: ignore[arg-type]
+            raise ValueError(
+                f"the training set has {len(self.train_set)} images, fewer than batch_size={self.batch_size}; "  # type: ignore[arg-type]
+                "lower batch_size (the last incomplete batch is dropped)"
+            )
+        common = {
+            "batch_size": self.batch_size,
+            "shuffle": True,
+            "drop_last": True,
+            "num_workers": self.num_workers,
+            "pin_memory": self._pin_memory(),
+            "persistent_workers": self.num_workers > 0,
+        }
+        if not self.skip_corrupt:
+            return DataLoader(self.train_set, **common)
+        wrapped = SkipCorruptDataset(self.train_set, self.skip_counter)
+        return SkipReportingDataLoader(
+            wrapped, collate_fn=collate_skipping_none, skip_counter=self.skip_counter, **common
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [
+            DataLoader(
+                dataset,
+                batch_size=self.val_batch_size,
+                shuffle=False,
+                num_workers=self.num_workers,
+                pin_memory=self._pin_memory(),
+                persistent_workers=self.num_workers > 0,
+            )
+            for dataset in self.val_datasets().values()
+        ]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """The verification loaders again (``lightning-margin test`` scores the same sets as validation)."""
+        return self.val_dataloader()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(train={self.hparams.train!r}, val_sets={self.val_sets}, "
+            f"num_classes={self.num_classes}, data_root={self.data_root})"
+        )

@@ -1,0 +1,427 @@
+"""Labeled Faces in the Wild (LFW), deep-funneled: people lists for training, pair lists for verification.
+
+Huang, Ramesh, Berg, Learned-Miller, "Labeled Faces in the Wild: A Database for Studying Face Recognition in
+Unconstrained Environments", UMass Amherst TR 07-49, 2007; deep funneling: Huang, Mattar, Lee, Learned-Miller,
+"Learning to Align from Scratch", NIPS 2012.
+
+Expected layout of ``root`` (what :func:`~lightning_margin.data.download.download_lfw` creates)::
+
+    root/lfw-deepfunneled/<Name>/<Name>_<NNNN>.jpg     13,233 images, 250x250, 5,749 people
+    root/peopleDevTrain.txt, peopleDevTest.txt         View 1 people (4,038 / 1,711)
+    root/pairsDevTrain.txt, pairsDevTest.txt           View 1 pairs (1,100 + 1,100 / 500 + 500)
+    root/people.txt, pairs.txt                         View 2: 10 folds (of people / of 300 + 300 pairs)
+
+Splits: ``"dev_train"`` and ``"dev_test"`` are View 1 (disjoint people: train on DevTrain, verify on DevTest),
+``"10fold"`` is View 2 (its people overlap View 1, so a model trained on DevTrain must not be scored on it).
+
+List formats (tab separated; image numbers are 1-based, ``_%04d`` in file names):
+
+* people lists: a header line with the number of people, then ``Name<TAB>count`` lines; ``people.txt`` starts with
+  the number of folds and gives each fold as its own count line followed by its people.
+* pair lists: a header ``pairs`` (one fold) or ``folds<TAB>pairs``; each fold has ``pairs`` same-person lines
+  ``Name<TAB>i<TAB>j`` followed by ``pairs`` different-person lines ``NameA<TAB>i<TAB>NameB<TAB>j``.
+
+Parsing validates every count and line; errors name the list file and line number. Missing images are reported
+with the list file and line that names them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch.utils.data import Dataset
+
+from lightning_margin.data.decode import read_image_file
+
+__all__ = [
+    "LFW_IMAGES_FOLDER",
+    "LFW_PAIRS_FILES",
+    "LFW_PEOPLE_FILES",
+    "LFW_SPLITS",
+    "LFWPairs",
+    "LFWPeople",
+    "PairEntry",
+    "PersonEntry",
+    "lfw_image_path",
+    "read_pairs_list",
+    "read_people_list",
+]
+
+#: Folder of the deep-funneled images inside the LFW root (the name of the official archive's folder).
+LFW_IMAGES_FOLDER = "lfw-deepfunneled"
+#: The accepted ``split`` values.
+LFW_SPLITS = ("dev_train", "dev_test", "10fold")
+#: People list file of each split.
+LFW_PEOPLE_FILES = {"dev_train": "peopleDevTrain.txt", "dev_test": "peopleDevTest.txt", "10fold": "people.txt"}
+#: Pair list file of each split.
+LFW_PAIRS_FILES = {"dev_train": "pairsDevTrain.txt", "dev_test": "pairsDevTest.txt", "10fold": "pairs.txt"}
+
+
+class PersonEntry(NamedTuple):
+    """One ``Name<TAB>count`` line of a people list."""
+
+    name: str
+    num_images: int
+    fold: int
+    line: int
+
+
+class PairEntry(NamedTuple):
+    """One line of a pairs list: two images (1-based numbers) and whether they show the same person."""
+
+    name1: str
+    number1: int
+    name2: str
+    number2: int
+    issame: bool
+    fold: int
+    line: int
+
+
+def lfw_image_path(name: str, number: int) -> str:
+    """Relative path of image ``number`` (1-based) of person ``name``: ``Name/Name_0003.jpg``.
+
+    Example:
+        >>> lfw_image_path("George_W_Bush", 10)
+        'George_W_Bush/George_W_Bush_0010.jpg'
+    """
+    return f"{name}/{name}_{number:04d}.jpg"
+
+
+def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """Non-blank lines as ``(line_number, fields)``; a blank line is allowed only at the end of the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"LFW list file not found: {path}") from None
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    parsed = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            raise ValueError(f"{path}:{number}: unexpected blank line")
+        parsed.append((number, line.split()))
+    if not parsed:
+        raise ValueError(f"{path}: the list file is empty")
+    return parsed
+
+
+def _positive_int(text: str, path: Path, line: int, what: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"{path}:{line}: {what} must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def read_people_list(path: str | Path) -> list[PersonEntry]:
+    """Parse an LFW people list (``peopleDevTrain.txt``, ``peopleDevTest.txt`` or the 10-fold ``people.txt``).
+
+    Args:
+        path: The list file.
+
+    Returns:
+        One :class:`PersonEntry` per line, in file order; ``fold`` is 0 for single-set lists.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if a header count does not match the lines that follow, a line is not ``Name<TAB>count``, or a
+            name repeats; the message names the file and line.
+
+    Example:
+        >>> people = read_people_list("lfw/peopleDevTrain.txt")  # doctest: +SKIP
+        >>> len(people), sum(person.num_images for person in people)  # doctest: +SKIP
+        (4038, 9525)
+    """
+    path = Path(path)
+    lines = _read_lines(path)
+    first_line, first = lines[0]
+    if len(first) != 1:
+        raise ValueError(f"{path}:{first_line}: expected a header count, got {' '.join(first)!r}")
+    header = _positive_int(first[0], path, first_line, "the header count")
+    # people.txt (View 2) starts with the number of folds, and each fold has its own count line.
+    multi_fold = len(lines) > 1 and len(lines[1][1]) == 1
+    position = 1
+    entries: list[PersonEntry] = []
+    seen: dict[str, int] = {}
+    for fold in range(header if multi_fold else 1):
+        count, count_line = header, first_line
+        if multi_fold:
+            if position >= len(lines):
+                raise ValueError(f"{path}: the header announces {header} folds, the file ends after {fold}")
+            count_line, fields = lines[position]
+            if len(fields) != 1:
+                raise ValueError(f"{path}:{count_line}: expected the person count of fold {fold + 1}, got {fields!r}")
+            count = _positive_int(fields[0], path, count_line, f"fold {fold + 1}'s count")
+            position += 1
+        people = lines[position : position + count]
+        if len(people) < count:
+            raise ValueError(
+                f"{path}:{count_line}: the count says {count} people, the file has only {len(people)} more lines"
+            )
+        for line, fields in people:
+            if len(fields) != 2:
+                raise ValueError(f"{path}:{line}: expected 'Name<TAB>count', got {' '.join(fields)!r}")
+            name, num_images = fields[0], _positive_int(fields[1], path, line, "the image count")
+            if name in seen:
+                raise ValueError(f"{path}:{line}: {name} is listed again (first on line {seen[name]})")
+            seen[name] = line
+            entries.append(PersonEntry(name, num_images, fold, line))
+        position += count
+    if position != len(lines):
+        line, fields = lines[position]
+        raise ValueError(
+            f"{path}:{line}: unexpected extra line {' '.join(fields)!r} after the {len(entries)} people the header "
+            "counts announce"
+        )
+    return entries
+
+
+def read_pairs_list(path: str | Path) -> list[PairEntry]:
+    """Parse an LFW pairs list (``pairsDevTrain.txt``, ``pairsDevTest.txt`` or the 10-fold ``pairs.txt``).
+
+    Args:
+        path: The list file.
+
+    Returns:
+        One :class:`PairEntry` per pair line, in file order; ``fold`` is 0 for single-fold lists.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the header does not match the lines, a fold's same/different blocks are out of order, or a line
+            is malformed; the message names the file and line.
+
+    Example:
+        >>> pairs = read_pairs_list("lfw/pairs.txt")  # doctest: +SKIP
+        >>> len(pairs), sum(pair.issame for pair in pairs)  # doctest: +SKIP
+        (6000, 3000)
+    """
+    path = Path(path)
+    lines = _read_lines(path)
+    header_line, header = lines[0]
+    if len(header) == 1:
+        num_folds, per_side = 1, _positive_int(header[0], path, header_line, "the pair count")
+    elif len(header) == 2:
+        num_folds = _positive_int(header[0], path, header_line, "the fold count")
+        per_side = _positive_int(header[1], path, header_line, "the pairs-per-side count")
+    else:
+        raise ValueError(f"{path}:{header_line}: expected a header 'pairs' or 'folds<TAB>pairs', got {header!r}")
+    expected = num_folds * 2 * per_side
+    if len(lines) - 1 != expected:
+        raise ValueError(
+            f"{path}:{header_line}: the header announces {num_folds} fold(s) of {per_side} same + {per_side} "
+            f"different pairs = {expected} lines, the file has {len(lines) - 1}"
+        )
+    entries = []
+    for position, (line, fields) in enumerate(lines[1:]):
+        fold, within = divmod(position, 2 * per_side)
+        issame = within < per_side
+        if issame:
+            if len(fields) != 3:
+                raise ValueError(
+                    f"{path}:{line}: expected a same-person line 'Name<TAB>i<TAB>j' (pair {within + 1} of fold "
+                    f"{fold + 1}), got {' '.join(fields)!r}"
+                )
+            name1, first, second = fields
+            name2 = name1
+        else:
+            if len(fields) != 4:
+                raise ValueError(
+                    f"{path}:{line}: expected a different-person line 'NameA<TAB>i<TAB>NameB<TAB>j' (pair "
+                    f"{within + 1} of fold {fold + 1}), got {' '.join(fields)!r}"
+                )
+            name1, first, name2, second = fields
+        entries.append(
+            PairEntry(
+                name1,
+                _positive_int(first, path, line, "an image number"),
+                name2,
+                _positive_int(second, path, line, "an image number"),
+                issame,
+                fold,
+                line,
+            )
+        )
+    return entries
+
+
+def _images_folder(root: Path) -> Path:
+    folder = root / LFW_IMAGES_FOLDER
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"LFW images not found: {folder} does not exist. Point root at the folder holding {LFW_IMAGES_FOLDER}/ "
+            "and the list files (for FaceDataModule: $LIGHTNING_MARGIN_DATA/lfw), or fetch it with "
+            "lightning_margin.data.download_lfw"
+        )
+    return folder
+
+
+def _check_split(split: str) -> str:
+    if split not in LFW_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(repr(s) for s in LFW_SPLITS)}; got {split!r}")
+    return split
+
+
+def _report_missing(missing: list[tuple[str, str]]) -> None:
+    if missing:
+        shown = "; ".join(f"{path} (named on {where})" for path, where in missing[:5])
+        more = f"; and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise FileNotFoundError(f"{len(missing)} LFW image(s) named in the list are missing: {shown}{more}")
+
+
+class LFWPeople(Dataset):
+    """LFW identities as a training set: every image of every listed person, labelled by person.
+
+    Items are ``(image, label)``: the decoded RGB ``uint8`` tensor ``[3, 250, 250]`` (or ``transform`` of it) and the
+    person's index (people in list order, after the ``min_images_per_identity`` filter).
+
+    Args:
+        root: The folder holding ``lfw-deepfunneled/`` and the list files.
+        split: ``"dev_train"`` (4,038 people, 9,525 images), ``"dev_test"`` (1,711 people, 3,708 images) or
+            ``"10fold"`` (all 5,749 people, 13,233 images, with their View 2 fold).
+        transform: Applied to each decoded image (e.g. a ``FaceTransform`` with the LFW centre crop).
+        min_images_per_identity: Keep only people with at least this many images (1,184 DevTrain people have 2+):
+            a class seen once teaches a margin loss little.
+        check_files: Verify at construction that every listed image exists (a few thousand ``stat`` calls), so a
+            missing file is reported up front with its list file and line.
+
+    Attributes:
+        classes: Person names, indexed by label.
+        samples: ``(relative image path, label)`` pairs.
+        fold: For ``"10fold"``, the View 2 fold (0-9) of each sample; ``None`` otherwise.
+
+    Raises:
+        ValueError: on an unknown split or a malformed list file (file and line named).
+        FileNotFoundError: if the images folder, the list file or (with ``check_files``) a listed image is missing.
+
+    Example:
+        >>> people = LFWPeople("data/lfw", "dev_train", min_images_per_identity=2)  # doctest: +SKIP
+        >>> people.num_classes, len(people)  # doctest: +SKIP
+        (1184, 6671)
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "dev_train",
+        transform: Callable[[Any], Any] | None = None,
+        min_images_per_identity: int = 1,
+        check_files: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.split = _check_split(split)
+        if min_images_per_identity < 1:
+            raise ValueError(f"min_images_per_identity must be >= 1, got {min_images_per_identity}")
+        self.transform = transform
+        self.images_folder = _images_folder(self.root)
+        self.list_file = self.root / LFW_PEOPLE_FILES[split]
+        people = [p for p in read_people_list(self.list_file) if p.num_images >= min_images_per_identity]
+        self.classes = [person.name for person in people]
+        self.samples: list[tuple[str, int]] = []
+        self._lines: list[int] = []
+        folds: list[int] = []
+        for label, person in enumerate(people):
+            for number in range(1, person.num_images + 1):
+                self.samples.append((lfw_image_path(person.name, number), label))
+                self._lines.append(person.line)
+                folds.append(person.fold)
+        self.fold: list[int] | None = folds if split == "10fold" else None
+        if check_files:
+            _report_missing(
+                [
+                    (str(self.images_folder / relative), f"{self.list_file}:{line}")
+                    for (relative, _), line in zip(self.samples, self._lines, strict=True)
+                    if not os.path.isfile(self.images_folder / relative)
+                ]
+            )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of people (labels are ``0 .. num_classes - 1``)."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        relative, label = self.samples[index]
+        path = self.images_folder / relative
+        image = read_image_file(path, f"{path} (listed in {self.list_file}:{self._lines[index]})")
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+    def __repr__(self) -> str:
+        classes = len(self.classes)
+        return f"{type(self).__name__}({str(self.root)!r}, {self.split!r}, images={len(self)}, classes={classes})"
+
+
+class LFWPairs(Dataset):
+    """LFW verification pairs: ``(image1, image2, issame)`` from a pairs list.
+
+    Args:
+        root: The folder holding ``lfw-deepfunneled/`` and the list files.
+        split: ``"dev_train"`` (1,100 + 1,100 pairs), ``"dev_test"`` (500 + 500) or ``"10fold"`` (10 folds of
+            300 + 300, View 2: the number to report).
+        transform: Applied to each decoded image.
+        check_files: Verify at construction that every image named in the list exists.
+
+    Attributes:
+        pairs: The parsed :class:`PairEntry` list.
+        issame: One bool per pair.
+        fold: For ``"10fold"``, the official fold (0-9) of each pair; ``None`` otherwise.
+
+    Raises:
+        ValueError: on an unknown split or a malformed list file (file and line named).
+        FileNotFoundError: if the images folder, the list file or (with ``check_files``) an image is missing.
+
+    Example:
+        >>> pairs = LFWPairs("data/lfw", "10fold")  # doctest: +SKIP
+        >>> image1, image2, issame = pairs[0]  # doctest: +SKIP
+        >>> len(pairs), pairs.fold[600]  # doctest: +SKIP
+        (6000, 1)
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "dev_test",
+        transform: Callable[[Any], Any] | None = None,
+        check_files: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.split = _check_split(split)
+        self.transform = transform
+        self.images_folder = _images_folder(self.root)
+        self.list_file = self.root / LFW_PAIRS_FILES[split]
+        self.pairs = read_pairs_list(self.list_file)
+        self.issame = [pair.issame for pair in self.pairs]
+        self.fold: list[int] | None = [pair.fold for pair in self.pairs] if split == "10fold" else None
+        if check_files:
+            missing = []
+            checked: set[str] = set()
+            for pair in self.pairs:
+                for name, number in ((pair.name1, pair.number1), (pair.name2, pair.number2)):
+                    relative = lfw_image_path(name, number)
+                    if relative not in checked:
+                        checked.add(relative)
+                        if not os.path.isfile(self.images_folder / relative):
+                            missing.append((str(self.images_folder / relative), f"{self.list_file}:{pair.line}"))
+            _report_missing(missing)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, bool]:
+        pair = self.pairs[index]
+        images = []
+        for name, number in ((pair.name1, pair.number1), (pair.name2, pair.number2)):
+            path = self.images_folder / lfw_image_path(name, number)
+            image = read_image_file(path, f"{path} (listed in {self.list_file}:{pair.line})")
+            images.append(image if self.transform is None else self.transform(image))
+        return images[0], images[1], pair.issame
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r}, {self.split!r}, pairs={len(self)})"
