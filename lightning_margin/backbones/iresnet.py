@@ -121,7 +121,8 @@ class IResNet(nn.Module):
 
     ``global_pool="avg"`` (timm's default) averages the map, so the model takes any input size and ``num_classes=0``
     gives ``num_features`` (512) values per image. ``global_pool="flatten"`` flattens the whole map, which is the input
-    of ArcFace's option-E embedding layer (Dropout-FC-BN after the last convolution): its width,
+    of ArcFace's option-E embedding (BN-Dropout-FC-BN after the last convolution, the first BN being this trunk's
+    final ``norm``; ``num_classes=512`` supplies the FC, the last BatchNorm1d is left to the embedding neck): its width,
     ``num_features * ceil(H/16) * ceil(W/16)`` (25088 at 112x112), depends on the input size. With ``num_classes > 0``
     the Linear layer is sized for ``img_size`` and other sizes raise a ``ValueError``; with ``num_classes=0`` any
     size works. ``head_hidden_size`` is the pre-classifier width at ``img_size``. ``global_pool=""`` returns the
@@ -136,7 +137,7 @@ class IResNet(nn.Module):
         num_classes: Width of the Linear output layer; 0 returns the pooled/flattened features.
         in_chans: Input image channels.
         global_pool: ``"avg"``, ``"flatten"`` or ``""`` (see above).
-        drop_rate: Dropout probability before the Linear layer (ArcFace option E uses 0.4 on MS1M-like data).
+        drop_rate: Dropout probability before the Linear layer (the Dropout of option E).
         img_size: ``(height, width)`` or side of the input, only used to size the Linear layer after ``"flatten"``.
         channels: Output channels of the four stages.
         stem_channels: Output channels of the 3x3 stride-1 stem.
