@@ -41,8 +41,8 @@ def synthetic_face(
     identity: int,
     sample: int,
     image_size: int | Sequence[int] = 112,
-    max_shift: int = 4,
-    noise: float = 0.1,
+    max_shift: float = 0.04,
+    noise: float = 0.05,
 ) -> Tensor:
     """One synthetic face: identity ``identity``'s prototype, shifted, re-lit and noised, as RGB ``uint8``.
 
@@ -51,7 +51,7 @@ def synthetic_face(
         identity: The identity number.
         sample: The sample number within the identity (each gives a different shift and noise).
         image_size: Output side, or ``(height, width)``.
-        max_shift: Largest shift in pixels, each axis.
+        max_shift: Largest shift, each axis, as a fraction of the image side (0.04: 4 px at 112).
         noise: Standard deviation of the pixel noise, as a fraction of the 0..255 range.
 
     Returns:
@@ -62,16 +62,18 @@ def synthetic_face(
         torch.Size([3, 32, 32])
     """
     height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    shift = round(max_shift * min(height, width))
     grid = _prototype_grid(seed, identity)
     generator = _generator(seed, identity, sample + 1)
-    # Upsample with a margin of max_shift pixels, then cut a shifted window: a translation without wrap-around.
+    # Upsample with a margin of `shift` pixels, then cut a shifted window: a translation without wrap-around.
     padded = functional.interpolate(
-        grid.unsqueeze(0), size=(height + 2 * max_shift, width + 2 * max_shift), mode="bicubic", align_corners=False
+        grid.unsqueeze(0), size=(height + 2 * shift, width + 2 * shift), mode="bicubic", align_corners=False
     ).squeeze(0)
-    top, left = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
+    padded = (padded - padded.mean()) / padded.std().clamp_min(1e-6)  # the same contrast for every identity
+    top, left = torch.randint(0, 2 * shift + 1, (2,), generator=generator).tolist()
     face = padded[:, top : top + height, left : left + width]
-    brightness = 0.1 * torch.randn((), generator=generator)
-    face = 0.5 + 0.18 * face + brightness + noise * torch.randn(face.shape, generator=generator)
+    brightness = 0.05 * torch.randn((), generator=generator)
+    face = 0.5 + 0.2 * face + brightness + noise * torch.randn(face.shape, generator=generator)
     return (face * 255).round_().clamp_(0, 255).to(torch.uint8)
 
 
@@ -87,7 +89,7 @@ class SyntheticFaces(Dataset):
         image_size: Image side, or ``(height, width)``.
         seed: Selects the identities; :class:`SyntheticPairs` uses a different default so that its identities are
             unseen in training, like a real open-set verification benchmark.
-        max_shift: Largest random shift in pixels.
+        max_shift: Largest random shift, as a fraction of the image side.
         noise: Pixel noise standard deviation, as a fraction of 0..255.
         transform: Applied to each image.
 
@@ -104,8 +106,8 @@ class SyntheticFaces(Dataset):
         images_per_class: int = 16,
         image_size: int | Sequence[int] = 112,
         seed: int = 0,
-        max_shift: int = 4,
-        noise: float = 0.1,
+        max_shift: float = 0.04,
+        noise: float = 0.05,
         transform: Callable[[Any], Any] | None = None,
     ) -> None:
         if num_classes < 1 or images_per_class < 1:
@@ -152,7 +154,7 @@ class SyntheticPairs(Dataset):
         num_classes: Number of identities pairs are drawn from (at least 2).
         image_size: Image side, or ``(height, width)``.
         seed: Selects identities and pairings.
-        max_shift: Largest random shift in pixels.
+        max_shift: Largest random shift, as a fraction of the image side.
         noise: Pixel noise standard deviation, as a fraction of 0..255.
         transform: Applied to each image.
 
@@ -173,8 +175,8 @@ class SyntheticPairs(Dataset):
         num_classes: int = 20,
         image_size: int | Sequence[int] = 112,
         seed: int = 1,
-        max_shift: int = 4,
-        noise: float = 0.1,
+        max_shift: float = 0.04,
+        noise: float = 0.05,
         transform: Callable[[Any], Any] | None = None,
     ) -> None:
         if num_pairs < 1 or num_classes < 2:
