@@ -63,7 +63,7 @@ def evaluate_pairs(
         >>> images = torch.rand(20, 3, 8, 8)
         >>> pairs = [(images[:10], images[10:], torch.arange(10) % 2 == 0)]
         >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16))
-        >>> results = evaluate_pairs(model, pairs, progress=False)
+        >>> results = evaluate_pairs(model, pairs, progress=False, num_folds=2)
         >>> results["num_pairs"], sorted(results["roc"])
         (10, ['fpr', 'thresholds', 'tpr'])
     """
@@ -97,7 +97,8 @@ def evaluate_pairs(
             model.train(was_training)
     if not scores:
         raise ValueError("the dataloader yielded no pairs")
-    all_scores, all_issame = torch.cat(scores), torch.cat(issame)
+    # float64 from here: the metrics then print as 0.532 rather than 0.5320000052452087 (the cosines keep their order).
+    all_scores, all_issame = torch.cat(scores).double(), torch.cat(issame)
     metrics = verification_metrics(all_scores, all_issame, num_folds=num_folds, far=far)
     fpr, tpr, thresholds = roc_curve(all_scores, all_issame)
     results: dict[str, Any] = {key: value.item() for key, value in metrics.items()}

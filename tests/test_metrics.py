@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,7 @@ def test_accuracy_matches_sklearn_kfold_brute_force(num_pairs, num_folds, decima
         assert result[key].item() == pytest.approx(value, abs=1e-12), key
 
 
+@pytest.mark.filterwarnings("ignore:verification_accuracy. folds")  # tiny random sets: one-class folds are common
 @settings(max_examples=60, deadline=None)
 @given(
     data=st.lists(
@@ -150,6 +152,18 @@ def test_accuracy_tie_rule_takes_the_midpoint_of_the_highest_maximising_interval
     result = verification_accuracy(scores, issame, num_folds=5)
     assert result["threshold"].item() == pytest.approx(0.8)
     assert result["accuracy"].item() == pytest.approx(0.75)
+
+
+def test_accuracy_warns_about_one_class_folds():
+    # LFW View 1 lists (pairsDevTest.txt) give all same pairs first: consecutive folds then hold one class each.
+    scores, _ = random_pairs(1000, seed=13)
+    same_first = np.arange(1000) < 500
+    with pytest.warns(UserWarning, match=r"folds \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] of 10 hold only same or only"):
+        verification_accuracy(*as_tensors(scores, same_first))
+    interleaved = np.arange(1000) % 2 == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        verification_accuracy(*as_tensors(scores, interleaved))
 
 
 def test_separable_and_random_scores():

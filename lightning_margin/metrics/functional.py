@@ -16,6 +16,7 @@ Conventions shared by all functions:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -316,9 +317,11 @@ def _accuracy_from_distinct(issame: Tensor, values: Tensor, inverse: Tensor, num
     sign = issame.long() * 2 - 1
     net_all = _at_or_above(inverse, sign, num_values)
     count_all = torch.bincount(inverse, minlength=num_values)
-    fold_accuracy, thresholds = [], []
-    for start, stop in _fold_bounds(issame.numel(), num_folds):
+    fold_accuracy, thresholds, one_class_folds = [], [], []
+    for fold, (start, stop) in enumerate(_fold_bounds(issame.numel(), num_folds)):
         held_inverse, held_issame = inverse[start:stop], issame[start:stop]
+        if bool(held_issame.all()) or not bool(held_issame.any()):
+            one_class_folds.append(fold)
         train_net = net_all - _at_or_above(held_inverse, sign[start:stop], num_values)
         # Every threshold between two consecutive training scores scores the same on the training folds, so the
         # maximisers form intervals. Tie rule: the highest maximising interval (fewest false accepts, the side
@@ -341,6 +344,16 @@ def _accuracy_from_distinct(issame: Tensor, values: Tensor, inverse: Tensor, num
         accepted = values64[held_inverse] >= threshold
         fold_accuracy.append((accepted == held_issame).double().mean())
         thresholds.append(threshold)
+    if one_class_folds:
+        # Consecutive folds assume a set ordered like LFW View 2 (every fold mixes same and different pairs). A set
+        # listing all same pairs first (LFW View 1 lists, some custom sets) gives one-class folds and a biased score.
+        warnings.warn(
+            f"verification_accuracy: folds {one_class_folds} of {num_folds} hold only same or only different pairs; "
+            "the k-fold protocol expects every consecutive fold to mix both (order the pairs like LFW View 2, e.g. "
+            "interleave same and different pairs)",
+            UserWarning,
+            stacklevel=3,
+        )
     accuracy = torch.stack(fold_accuracy)
     dtype = _result_dtype(values)
     return {
@@ -358,6 +371,9 @@ def verification_accuracy(scores: Tensor, issame: Tensor, num_folds: int = 10) -
     ``KFold(shuffle=False)`` split). For each fold, the threshold that maximises accuracy on the other folds is found
     exactly, by trying every distinct score (not a grid), and applied to the held-out fold, where a pair counts as
     "same" when ``score >= threshold``.
+
+    The folds should each mix same and different pairs, as LFW View 2 (``pairs.txt``) and insightface's ``.bin``
+    sets are ordered; a set that lists all same pairs first gives one-class folds, and a ``UserWarning``.
 
     Tie rule: all thresholds between two consecutive distinct training scores classify the training folds alike, so
     the maximisers form intervals. The highest maximising interval is taken (fewest false accepts: the side that
