@@ -108,6 +108,15 @@ def rows_per_class(name: str, hp: dict) -> int:
     return int(hp.get("num_subcenters", 1))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add overhead (30x the CPU time on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reference implementations, straight from the formulas
 # ---------------------------------------------------------------------------------------------------------------
