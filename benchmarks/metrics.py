@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/metrics.py                      # 6,000 (LFW size) and 1,000,000 (IJB scale) pairs, CPU
     python benchmarks/metrics.py --sizes 6000 --device cuda
+    python benchmarks/metrics.py --threads 1 --cpu-time  # on a busy shared machine
 
 Prints one Markdown row per metric: the median wall time in milliseconds per size, and its ratio to scikit-learn's
 ``roc_curve`` on the same scores (numpy arrays, already on the CPU). Scores are float32 cosines of random pairs
@@ -31,15 +32,17 @@ from lightning_margin.metrics.functional import (
 )
 
 
-def median_seconds(function: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> float:
+def median_seconds(
+    function: Callable[[], object], repeats: int, synchronize: Callable[[], None], clock: Callable[[], float]
+) -> float:
     function()  # warm-up: lazy initialisation, allocator, caches
     synchronize()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         function()
         synchronize()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -50,7 +53,9 @@ def random_pairs(num_pairs: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return scores, issame
 
 
-def time_metrics(num_pairs: int, device: torch.device, repeats: int) -> dict[str, float]:
+def time_metrics(
+    num_pairs: int, device: torch.device, repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
     """Median seconds of each metric on one random set; the first entry is the scikit-learn baseline."""
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     far = (1e-1, 1e-2, 1e-3, 1e-4)
@@ -66,7 +71,7 @@ def time_metrics(num_pairs: int, device: torch.device, repeats: int) -> dict[str
         "roc_curve": lambda: roc_curve(scores, issame),
         "verification_metrics (all of the above)": lambda: verification_metrics(scores, issame, far=far),
     }
-    return {name: median_seconds(function, repeats, synchronize) for name, function in cases.items()}
+    return {name: median_seconds(function, repeats, synchronize, clock) for name, function in cases.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,19 +79,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[6_000, 1_000_000], help="numbers of pairs")
     parser.add_argument("--device", default="cpu", help="torch device for the library's metrics")
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per cell (default: 20 small, 3 large)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="measure process CPU time instead of wall time (steadier on a shared machine; CPU only)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
 
     rows: dict[str, dict[str, float]] = {}
     for num_pairs in args.sizes:
         repeats = args.repeats or (20 if num_pairs <= 100_000 else 3)
-        timings = time_metrics(num_pairs, device, repeats)
+        timings = time_metrics(num_pairs, device, repeats, clock)
         baseline = next(iter(timings.values()))
         for name, seconds in timings.items():
             rows.setdefault(name, {})[f"{num_pairs:,} pairs [ms]"] = 1000 * seconds
             rows[name][f"{num_pairs:,}: x sklearn"] = seconds / baseline
 
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads; median of repeats")
+    kind = "CPU time" if args.cpu_time else "wall time"
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads; median {kind}")
     print(format_table(rows, name_header="metric"))
 
 
