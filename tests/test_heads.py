@@ -334,6 +334,26 @@ def test_unknown_head_name_lists_the_allowed_names():
         assert name in message
 
 
+@pytest.mark.parametrize("name", all_names())
+def test_misspelt_hyperparameter_lists_the_accepted_ones(name, request):
+    hyperparameters(name, "defaults")
+    if name == "arcface":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="ArcFace.__init__ takes **kwargs (for the sub-centre rows), so create_head's message lists "
+                "'kwargs' as a hyperparameter and LightningCLI sees a **kwargs in the signature",
+            )
+        )
+    with pytest.raises(ValueError) as info:
+        create_head(name, embedding_size=4, num_classes=3, not_a_hyperparameter=1)
+    message = str(info.value)
+    assert "not_a_hyperparameter" in message
+    for accepted in DEFAULTS[name]:
+        assert accepted in message
+    assert "kwargs" not in message, f"lists a hyperparameter that does not exist: {message}"
+
+
 def test_subcenter_rows_are_grouped_by_class():
     """Rows j*K .. j*K+K-1 belong to class j: an embedding along row 4 (K=3) is class 1."""
     head = create_head("subcenter_arcface", embedding_size=8, num_classes=3, num_subcenters=3)
@@ -732,6 +752,33 @@ def test_gradients_finite_at_cos_plus_minus_one(name, precision):
     loss.backward()
     assert torch.isfinite(x.grad).all(), x.grad
     assert torch.isfinite(head.weight.grad).all(), head.weight.grad
+
+
+@pytest.mark.parametrize("name", all_names())
+def test_zero_embedding_row_gives_finite_loss_and_gradients(name):
+    """An all-zero embedding (e.g. a dead ReLU backbone output) is finite input and must not produce NaN."""
+    hyperparameters(name, "defaults")
+    head = create_head(name, embedding_size=4, num_classes=3).train()
+    x = torch.randn(3, 4)
+    x[1] = 0.0
+    x.requires_grad_(True)
+    loss = head(x, torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(x.grad).all()
+    assert torch.isfinite(head.weight.grad).all()
+    assert torch.isfinite(head.logits(x.detach())).all()
+
+
+@pytest.mark.parametrize("name", all_names())
+def test_training_batch_of_one_keeps_buffers_finite(name):
+    """A last batch of one sample: the unbiased std of one norm is undefined, yet loss and buffers stay finite."""
+    hyperparameters(name, "defaults")
+    head = create_head(name, embedding_size=4, num_classes=3).train()
+    loss = head(torch.randn(1, 4), torch.tensor([2]))
+    assert torch.isfinite(loss)
+    for key, buffer in head.named_buffers():
+        assert torch.isfinite(buffer).all(), key
 
 
 @pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
