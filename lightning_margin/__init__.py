@@ -1,6 +1,6 @@
 """lightning-margin: angular-margin face-recognition heads, backbones and a model zoo for PyTorch Lightning."""
 
-from lightning_margin import callbacks, functional
+from lightning_margin import backbones, callbacks, functional  # backbones: registers iresnet*/mobilefacenet in timm
 from lightning_margin.heads import (
     AdaFace,
     ArcFace,
@@ -39,6 +39,7 @@ __all__ = [
     "SphereFace",
     "SubCenterArcFace",
     "__version__",
+    "backbones",
     "callbacks",
     "create_head",
     "functional",

@@ -10,13 +10,19 @@ import lightning.pytorch as pl
 import timm
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+import lightning_margin.backbones  # noqa: F401  (registers iresnet*/mobilefacenet in timm)
 from lightning_margin._validation import check_choice, check_integer
 from lightning_margin.heads import MarginHead, create_head
 from lightning_margin.necks import create_neck, list_necks
 
 __all__ = ["MarginModule", "build_backbone", "default_optimizer"]
+
+
+# The backbones this package registers in timm (they take `img_size`).
+FACE_BACKBONES = frozenset(timm.list_models(module=["iresnet", "mobilefacenet"]))
 
 
 def default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
@@ -29,8 +35,6 @@ def build_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Mod
 
     Unknown names raise ``ValueError`` with the closest timm names.
     """
-    import lightning_margin.backbones  # noqa: F401  (registers iresnet*/mobilefacenet in timm)
-
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -79,7 +83,8 @@ class MarginModule(pl.LightningModule):
         neck: The output layer between backbone and embedding: ``bn_dropout_fc_bn`` (the ArcFace paper's
             option E), ``fc_bn``, ``linear`` or ``identity``.
         dropout: Dropout rate in the neck.
-        backbone_kwargs: Extra arguments for ``timm.create_model`` (``global_pool``, ``drop_path_rate``, ...).
+        backbone_kwargs: Extra arguments for ``timm.create_model`` (``global_pool``, ``drop_rate``, ...). Our face
+            backbones also get ``img_size=input_size`` unless given here.
         pretrained: Load timm's pretrained weights for the backbone (needs them cached or network access).
         input_size: Square input size in pixels; used to measure the backbone's output width.
         optimizer: A callable ``params -> Optimizer`` (LightningCLI: ``--model.optimizer SGD
@@ -128,12 +133,15 @@ class MarginModule(pl.LightningModule):
         check_choice("scheduler_interval", scheduler_interval, ("epoch", "step"))
         self.input_size = check_integer("input_size", input_size)
 
-        self.backbone = (
-            build_backbone(backbone, pretrained=pretrained, **(backbone_kwargs or {}))
-            if isinstance(backbone, str)
-            else backbone
-        )
-        in_features = _feature_width(self.backbone, self.input_size, (backbone_kwargs or {}).get("in_chans", 3))
+        backbone_kwargs = dict(backbone_kwargs or {})
+        if isinstance(backbone, str):
+            if backbone in FACE_BACKBONES:
+                # Their pooling/GDC layers are sized for the input: tell them the size the data module produces.
+                backbone_kwargs.setdefault("img_size", self.input_size)
+            self.backbone = build_backbone(backbone, pretrained=pretrained, **backbone_kwargs)
+        else:
+            self.backbone = backbone
+        in_features = _feature_width(self.backbone, self.input_size, backbone_kwargs.get("in_chans", 3))
         self.neck = create_neck(neck, in_features, embedding_size, dropout)
 
         if isinstance(head, str):
@@ -238,7 +246,13 @@ class MarginModule(pl.LightningModule):
         for name, metric in zip(self.val_set_names, self.val_metrics, strict=True):
             if not metric.update_called:
                 continue
-            results = metric.compute()
+            try:
+                results = metric.compute()
+            except ValueError as error:
+                # A partial pass (fast_dev_run, limit_val_batches) may hold fewer pairs than folds, or one class.
+                rank_zero_warn(f"verification set {name!r}: no metrics this epoch: {error}")
+                metric.reset()
+                continue
             values = {f"{prefix}/{name}/{key}": value for key, value in results.items() if _is_scalar(value)}
             self.log_dict(values, add_dataloader_idx=False, sync_dist=False)
             self._log_roc_figure(prefix, name, metric)
