@@ -41,9 +41,11 @@ class ArcFace(CosineMarginHead):
         scale: float = 64.0,
         margin: float = 0.5,
         easy_margin: bool = False,
-        **kwargs,
     ) -> None:
-        super().__init__(embedding_size, num_classes, **kwargs)
+        super().__init__(embedding_size, num_classes)
+        self._set_hyperparameters(scale, margin, easy_margin)
+
+    def _set_hyperparameters(self, scale: float, margin: float, easy_margin: bool) -> None:
         self.scale = check_positive("scale", scale)
         self.margin = check_range("margin", margin, 0.0, math.pi, high_inclusive=False)
         self.easy_margin = bool(easy_margin)

@@ -8,6 +8,7 @@ from torch import Tensor
 from lightning_margin._validation import check_integer
 from lightning_margin.functional import cosine_logits
 from lightning_margin.heads.arcface import ArcFace
+from lightning_margin.heads.base import CosineMarginHead
 from lightning_margin.heads.registry import register_head
 
 __all__ = ["SubCenterArcFace"]
@@ -45,9 +46,9 @@ class SubCenterArcFace(ArcFace):
         easy_margin: bool = False,
     ) -> None:
         num_subcenters = check_integer("num_subcenters", num_subcenters)
-        super().__init__(
-            embedding_size, num_classes, scale, margin, easy_margin=easy_margin, rows_per_class=num_subcenters
-        )
+        # ArcFace's constructor has one weight row per class: build the K-row weight directly.
+        CosineMarginHead.__init__(self, embedding_size, num_classes, rows_per_class=num_subcenters)
+        self._set_hyperparameters(scale, margin, easy_margin)
         self.num_subcenters = num_subcenters
 
     def _cosine_logits(self, x: Tensor, scale: float | Tensor) -> Tensor:
