@@ -23,6 +23,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "data": ("lightning_margin.data.pack:main", "build RecordIO (.rec/.idx) and verification .bin files"),
     "plot": ("lightning_margin.plots.cli:main", "draw the margin papers' figures"),
     "verify": ("lightning_margin.verify:main", "evaluate models on verification pairs; compare with model cards"),
+    "export": ("lightning_margin.export:main", "export a checkpoint as a FaceEmbedder folder (safetensors, ONNX)"),
+    "publish": ("lightning_margin.publish:main", "export, evaluate, write the model card and push to the Hub"),
 }
 
 

@@ -142,3 +142,44 @@ def test_every_registered_head_trains_inside_the_module(tmp_path):
         loss.backward()
         assert torch.isfinite(loss), head
         assert module.head.weight.grad is not None and torch.isfinite(module.head.weight.grad).all(), head
+
+
+def test_validation_logs_every_verification_metric_per_set_and_a_roc_image(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from sklearn.metrics import roc_auc_score
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_margin.data import FaceDataModule
+
+    data = FaceDataModule(
+        train="synthetic:4", val_sets={"synth": "synthetic:40"}, image_size=IMAGE_SIZE, batch_size=16, num_workers=0
+    )
+    module = make_module(optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+    pl.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_epochs=1,
+        logger=TensorBoardLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    ).fit(module, data)
+    logged = module.trainer.callback_metrics
+    keys = {"accuracy", "accuracy_std", "threshold", "tar@far=1e-3", "eer", "auc"}
+    assert {f"val/synth/{key}" for key in keys} <= set(logged)
+
+    # The AUC, recomputed by sklearn from flip-TTA cosine scores written out here.
+    module.eval()
+    scores, same = [], []
+    with torch.no_grad():
+        for images1, images2, issame in data.val_dataloader()[0]:
+            e1 = F.normalize(module(images1) + module(images1.flip(-1)))
+            e2 = F.normalize(module(images2) + module(images2.flip(-1)))
+            scores.append((e1 * e2).sum(1))
+            same.append(issame)
+    auc = roc_auc_score(torch.cat(same).numpy(), torch.cat(scores).numpy())
+    assert logged["val/synth/auc"].item() == pytest.approx(auc, abs=1e-5)
+
+    events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents*")).parent)).Reload()
+    assert "val/synth/roc" in events.Tags()["images"]
