@@ -431,10 +431,17 @@ def test_update_rejects_inconsistent_input():
 # ------------------------------------------------------------------------------------------------------------------
 DDP_SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import importlib.util, json, sys, types
     import torch
     import torch.distributed as dist
+
+    # The package's __init__ imports Lightning (seconds per process); the metrics need none of it, so register the
+    # package as a bare namespace and import only lightning_margin.metrics.
+    package = types.ModuleType("lightning_margin")
+    package.__path__ = list(importlib.util.find_spec("lightning_margin").submodule_search_locations)
+    sys.modules["lightning_margin"] = package
     from lightning_margin.metrics import VerificationMetrics
+    assert "lightning" not in sys.modules
 
     rank, init_file, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
