@@ -228,11 +228,17 @@ class MarginModule(pl.LightningModule):
 
         return embed(self, images, flip=self.flip_test)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0):
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Embed both sides of each pair; batches are ``(images1, images2, issame[, pair_index])``.
+
+        With ``pair_index`` (each pair's position in its set) the metrics undo a ``DistributedSampler``'s
+        interleaving and padding, so multi-process validation gives exactly the single-process numbers.
+        """
         if not self.val_metrics:
             return
-        images1, images2, issame = batch
-        self.val_metrics[dataloader_idx].update(self.embed(images1), self.embed(images2), issame)
+        images1, images2, issame, *rest = batch
+        pair_index = rest[0] if rest else None
+        self.val_metrics[dataloader_idx].update(self.embed(images1), self.embed(images2), issame, pair_index)
 
     test_step = validation_step
 
