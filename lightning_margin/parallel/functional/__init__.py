@@ -1,0 +1,33 @@
+"""Pure functions behind the scalable heads: collectives, the sharded / sampled / chunked margin loss, fast cosines."""
+
+from lightning_margin.parallel.functional.chunked import chunked_logsumexp, class_rows
+from lightning_margin.parallel.functional.cosine import fused_cosine_logits
+from lightning_margin.parallel.functional.distributed import (
+    all_gather_rows,
+    all_gather_with_grad,
+    all_logsumexp,
+    all_reduce_sum,
+    check_inputs_on_every_rank,
+    rank_and_world_size,
+    shard_bounds,
+)
+from lightning_margin.parallel.functional.partial_fc import check_sample_rate, num_sampled_classes, sample_classes
+from lightning_margin.parallel.functional.sharded import ShardedLoss, sharded_margin_cross_entropy
+
+__all__ = [
+    "ShardedLoss",
+    "all_gather_rows",
+    "all_gather_with_grad",
+    "all_logsumexp",
+    "all_reduce_sum",
+    "check_inputs_on_every_rank",
+    "check_sample_rate",
+    "chunked_logsumexp",
+    "class_rows",
+    "fused_cosine_logits",
+    "num_sampled_classes",
+    "rank_and_world_size",
+    "sample_classes",
+    "shard_bounds",
+    "sharded_margin_cross_entropy",
+]
