@@ -13,6 +13,7 @@ from lightning_margin.data import (
     CorruptImageError,
     FaceTransform,
     center_crop,
+    decode_and_transform,
     decode_image,
     horizontal_flip,
     normalize,
@@ -84,8 +85,6 @@ def test_normalize_formula_and_flip() -> None:
     per_channel = (image.double() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
     assert torch.allclose(normalize(image, mean, std).double(), per_channel, atol=1e-6)
     assert horizontal_flip(image)[0, 0].tolist() == [255, 51, 0]
-    channels_last = image.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-    assert normalize(channels_last).is_contiguous()
     with pytest.raises(ValueError, match="std must be positive"):
         normalize(image, mean, (1.0, 0.0, 1.0))
 
@@ -119,3 +118,36 @@ def test_preprocess_face_pipeline_and_transform_flip_probability() -> None:
 def test_face_transform_validates(arguments: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         FaceTransform(**arguments)
+
+
+def face_jpeg(size: int = 250) -> bytes:
+    """A smooth photo-like JPEG (JPEG's DCT scaling is only comparable to resizing on smooth content)."""
+    grid = np.random.default_rng(3).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    return encode(np.array(Image.fromarray(grid).resize((size, size), Image.BICUBIC)), "JPEG")
+
+
+def test_crop_inside_the_decoder_equals_cropping_the_tensor() -> None:
+    data = face_jpeg()
+    full = decode_image(data)
+    assert torch.equal(decode_image(data, crop_size=150), center_crop(full, 150))
+    assert torch.equal(decode_image(data, crop_size=(100, 40)), center_crop(full, (100, 40)))
+    transform = FaceTransform(112, crop_size=150)
+    # 150 -> 112 is less than a 2x reduction: no DCT scaling, so both routes give identical tensors.
+    assert torch.equal(transform.from_bytes(data), transform(full))
+    assert torch.equal(decode_and_transform(data, "x", transform), transform(full))
+    assert torch.equal(decode_and_transform(data, "x", None), full)
+    assert torch.equal(decode_and_transform(data, "x", lambda image: image[0]), full[0])
+
+
+def test_jpeg_dct_scaling_for_large_reductions_stays_close_to_full_decoding() -> None:
+    data = face_jpeg()
+    decoded = decode_image(data, target_size=112)
+    assert tuple(decoded.shape) == (3, 125, 125)  # 250 / 2: still at least 112
+    assert tuple(decode_image(data, target_size=60).shape) == (3, 63, 63)  # 250 / 4
+    assert tuple(decode_image(data, crop_size=240, target_size=112).shape) == (3, 120, 120)
+    transform = FaceTransform(112)
+    fast, reference = transform.from_bytes(data), transform(decode_image(data))
+    assert tuple(fast.shape) == (3, 112, 112)
+    assert (fast - reference).abs().mean() < 2 / 127.5  # within about 2 grey levels on average
+    png = encode(np.asarray(Image.open(io.BytesIO(data))), "PNG")
+    assert tuple(decode_image(png, target_size=112).shape) == (3, 250, 250)  # DCT scaling is JPEG-only

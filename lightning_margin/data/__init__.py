@@ -23,7 +23,13 @@ from lightning_margin.data.corrupt import (
     collate_skipping_none,
 )
 from lightning_margin.data.datamodule import FaceDataModule
-from lightning_margin.data.decode import CorruptImageError, decode_image, read_image_file
+from lightning_margin.data.decode import (
+    CorruptImageError,
+    center_crop_box,
+    decode_image,
+    read_file_bytes,
+    read_image_file,
+)
 from lightning_margin.data.download import LFW_LIST_MD5, download_lfw, md5sum
 from lightning_margin.data.image_folder import FaceImageFolder, scan_image_folder
 from lightning_margin.data.lfw import (
@@ -56,6 +62,7 @@ from lightning_margin.data.transforms import (
     LFW_CROP_SIZE,
     FaceTransform,
     center_crop,
+    decode_and_transform,
     horizontal_flip,
     normalize,
     preprocess_face,
@@ -92,7 +99,9 @@ __all__ = [
     "build_training_set",
     "build_verification_set",
     "center_crop",
+    "center_crop_box",
     "collate_skipping_none",
+    "decode_and_transform",
     "decode_image",
     "download_lfw",
     "frame_record",
@@ -106,6 +115,7 @@ __all__ = [
     "parse_source",
     "preprocess_face",
     "read_bin",
+    "read_file_bytes",
     "read_framed_record",
     "read_image_file",
     "read_pair_list",

@@ -22,7 +22,8 @@ from typing import Any, NamedTuple
 
 from torch.utils.data import Dataset
 
-from lightning_margin.data.decode import read_image_file
+from lightning_margin.data.decode import read_file_bytes
+from lightning_margin.data.transforms import decode_and_transform
 
 __all__ = ["IMAGE_EXTENSIONS", "FaceImageFolder", "ImageFolderIndex", "default_cache_dir", "scan_image_folder"]
 
@@ -181,6 +182,7 @@ class FaceImageFolder(Dataset):
         if min_images_per_identity < 1:
             raise ValueError(f"min_images_per_identity must be >= 1, got {min_images_per_identity}")
         self.root = Path(root)
+        self._root = str(self.root)
         self.transform = transform
         index = scan_image_folder(self.root, extensions, cache_dir, use_cache)
         counts = [0] * len(index.classes)
@@ -203,10 +205,8 @@ class FaceImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         relative, label = self.samples[index]
-        image = read_image_file(self.root / relative)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        path = os.path.join(self._root, relative)
+        return decode_and_transform(read_file_bytes(path), path, self.transform), label
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, images={len(self)}, classes={self.num_classes})"

@@ -34,7 +34,8 @@ from typing import Any, NamedTuple
 
 from torch.utils.data import Dataset
 
-from lightning_margin.data.decode import read_image_file
+from lightning_margin.data.decode import CorruptImageError, read_file_bytes
+from lightning_margin.data.transforms import decode_and_transform
 
 __all__ = [
     "LFW_IMAGES_FOLDER",
@@ -264,6 +265,16 @@ def _check_split(split: str) -> str:
     return split
 
 
+def _read_listed(path: str, list_file: Path, line: int, transform: Callable[[Any], Any] | None) -> Any:
+    """Read, decode and transform one image; errors name the list file and line (formatted only on failure)."""
+    try:
+        return decode_and_transform(read_file_bytes(path), path, transform)
+    except CorruptImageError as error:
+        raise CorruptImageError(f"{path} (listed in {list_file}:{line})", error.reason) from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path} (listed in {list_file}:{line})") from None
+
+
 def _report_missing(missing: list[tuple[str, str]]) -> None:
     if missing:
         shown = "; ".join(f"{path} (named on {where})" for path, where in missing[:5])
@@ -316,6 +327,7 @@ class LFWPeople(Dataset):
             raise ValueError(f"min_images_per_identity must be >= 1, got {min_images_per_identity}")
         self.transform = transform
         self.images_folder = _images_folder(self.root)
+        self._folder = str(self.images_folder)
         self.list_file = self.root / LFW_PEOPLE_FILES[split]
         people = [p for p in read_people_list(self.list_file) if p.num_images >= min_images_per_identity]
         self.classes = [person.name for person in people]
@@ -347,11 +359,9 @@ class LFWPeople(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         relative, label = self.samples[index]
-        path = self.images_folder / relative
-        image = read_image_file(path, f"{path} (listed in {self.list_file}:{self._lines[index]})")
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        return _read_listed(
+            os.path.join(self._folder, relative), self.list_file, self._lines[index], self.transform
+        ), label
 
     def __repr__(self) -> str:
         classes = len(self.classes)
@@ -395,6 +405,7 @@ class LFWPairs(Dataset):
         self.split = _check_split(split)
         self.transform = transform
         self.images_folder = _images_folder(self.root)
+        self._folder = str(self.images_folder)
         self.list_file = self.root / LFW_PAIRS_FILES[split]
         self.pairs = read_pairs_list(self.list_file)
         self.issame = [pair.issame for pair in self.pairs]
@@ -416,12 +427,13 @@ class LFWPairs(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, Any, bool]:
         pair = self.pairs[index]
-        images = []
-        for name, number in ((pair.name1, pair.number1), (pair.name2, pair.number2)):
-            path = self.images_folder / lfw_image_path(name, number)
-            image = read_image_file(path, f"{path} (listed in {self.list_file}:{pair.line})")
-            images.append(image if self.transform is None else self.transform(image))
-        return images[0], images[1], pair.issame
+        first, second = (
+            _read_listed(
+                os.path.join(self._folder, lfw_image_path(name, number)), self.list_file, pair.line, self.transform
+            )
+            for name, number in ((pair.name1, pair.number1), (pair.name2, pair.number2))
+        )
+        return first, second, pair.issame
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, {self.split!r}, pairs={len(self)})"

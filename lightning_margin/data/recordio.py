@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lightning_margin.data.decode import decode_image
+from lightning_margin.data.transforms import decode_and_transform
 
 __all__ = [
     "RECORDIO_MAGIC",
@@ -554,10 +554,7 @@ class RecordIODataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image_bytes, label = self.read_encoded(index)
         key = int(self._image_keys[index])
-        image = decode_image(image_bytes, f"{self.path} key {key}")
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label
+        return decode_and_transform(image_bytes, f"{self.path} key {key}", self.transform), label
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()

@@ -15,16 +15,20 @@ backbones were trained with; ``mean`` and ``std`` make other conventions (e.g. I
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as functional
 from torch import Tensor
 
+from lightning_margin.data.decode import _pair, center_crop_box, decode_image
+
 __all__ = [
     "LFW_CROP_SIZE",
     "FaceTransform",
     "center_crop",
+    "decode_and_transform",
     "horizontal_flip",
     "normalize",
     "preprocess_face",
@@ -33,14 +37,6 @@ __all__ = [
 
 #: Centre crop (pixels) applied to LFW deep-funneled 250x250 images before resizing: the face with some margin.
 LFW_CROP_SIZE = 150
-
-
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    """``112`` -> ``(112, 112)``; ``(112, 96)`` stays ``(height, width)``; validates positivity."""
-    pair = (int(value), int(value)) if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) <= 0:
-        raise ValueError(f"{name} must be a positive int or a (height, width) pair of positive ints, got {value!r}")
-    return pair  # type: ignore[return-value]
 
 
 def center_crop(image: Tensor, crop_size: int | Sequence[int]) -> Tensor:
@@ -61,12 +57,8 @@ def center_crop(image: Tensor, crop_size: int | Sequence[int]) -> Tensor:
         tensor([[[ 5,  6],
                  [ 9, 10]]])
     """
-    crop_height, crop_width = _pair(crop_size, "crop_size")
-    height, width = image.shape[-2:]
-    crop_height, crop_width = min(crop_height, height), min(crop_width, width)
-    top = round((height - crop_height) / 2.0)
-    left = round((width - crop_width) / 2.0)
-    return image[..., top : top + crop_height, left : left + crop_width]
+    left, top, right, bottom = center_crop_box(image.shape[-1], image.shape[-2], crop_size)
+    return image[..., top:bottom, left:right]
 
 
 def resize(image: Tensor, size: int | Sequence[int]) -> Tensor:
@@ -94,6 +86,10 @@ def resize(image: Tensor, size: int | Sequence[int]) -> Tensor:
     if batch.dtype == torch.uint8 and batch.device.type != "cpu":
         # The antialiased uint8 kernel exists on CPU only.
         return resize(image.float(), size).round_().clamp_(0, 255).to(torch.uint8)
+    if batch.dtype == torch.uint8:
+        # torch's vectorised uint8 kernel wants dense channels-last memory; a crop of a decoded image is
+        # channels-last but strided, and would otherwise go through a much slower planar path.
+        batch = batch.contiguous(memory_format=torch.channels_last)
     resized = functional.interpolate(batch, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
     return resized.squeeze(0)
 
@@ -115,8 +111,10 @@ def normalize(
 ) -> Tensor:
     """Map a ``uint8`` RGB image to ``float32``: ``(image / 255 - mean) / std`` per channel.
 
-    With the defaults (the insightface convention) 0 maps to -1 and 255 to +1. The output is a fresh contiguous
-    ``float32`` tensor whatever the input's memory layout.
+    With the defaults (the insightface convention) 0 maps to exactly -1 and 255 to exactly +1. Computed as
+    ``(image - 255 * mean) * (1 / (255 * std))``; the output keeps the input's memory layout (a decoded image is
+    channels-last; ``default_collate``'s stack then builds a contiguous batch, doing the layout change once, in the
+    copy it makes anyway).
 
     Args:
         image: A ``uint8`` tensor ``[3, H, W]`` (values 0..255).
@@ -124,7 +122,7 @@ def normalize(
         std: Per-channel standard deviation, in the same units.
 
     Returns:
-        A contiguous ``float32`` tensor ``[3, H, W]``.
+        A ``float32`` tensor ``[3, H, W]``.
 
     Example:
         >>> normalize(torch.tensor([[[0, 255]]] * 3, dtype=torch.uint8))[0]
@@ -134,14 +132,24 @@ def normalize(
         raise ValueError(f"mean and std need one value per channel ({image.shape[0]}), got {mean!r} and {std!r}")
     if any(value <= 0 for value in std):
         raise ValueError(f"std must be positive, got {std!r}")
-    output = torch.empty(image.shape, dtype=torch.float32, device=image.device)
-    output.copy_(image)  # one pass: dtype conversion and layout change to contiguous together
+    return _affine(image, *_affine_parameters(mean, std, image.device))
+
+
+def _affine_parameters(
+    mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu"
+) -> tuple[float | Tensor, float | Tensor]:
+    """``(offset, scale)`` with ``normalize(x) = (x - offset) * scale``; plain floats when all channels agree."""
     if len(set(mean)) == 1 and len(set(std)) == 1:
-        # Scalars avoid broadcasting per-channel tensors: the common [-1, 1] case is two cheap in-place passes.
-        return output.mul_(1.0 / (255.0 * std[0])).sub_(mean[0] / std[0])
-    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=image.device).view(-1, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=image.device).view(-1, 1, 1)
-    return output.mul_(scale).sub_(shift)
+        return 255.0 * mean[0], 1.0 / (255.0 * std[0])
+    offset = torch.tensor([255.0 * m for m in mean], device=device).view(-1, 1, 1)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(-1, 1, 1)
+    return offset, scale
+
+
+def _affine(image: Tensor, offset: float | Tensor, scale: float | Tensor) -> Tensor:
+    # Subtracting first keeps the endpoints exact (0 and 255 map to exactly -1 and +1 with the defaults; one fused
+    # multiply-add would give 1.0000001). The subtraction promotes uint8 to float32 and keeps the memory layout.
+    return torch.sub(image, offset).mul_(scale)
 
 
 def preprocess_face(
@@ -163,7 +171,7 @@ def preprocess_face(
         flip: Mirror the image left-right.
 
     Returns:
-        A contiguous ``float32`` tensor ``[3, *image_size]``.
+        A ``float32`` tensor ``[3, *image_size]``.
 
     Example:
         >>> face = torch.full((3, 250, 250), 255, dtype=torch.uint8)
@@ -181,6 +189,10 @@ def preprocess_face(
 
 class FaceTransform:
     """Face preprocessing as a dataset ``transform``: centre crop, resize, random mirror, normalise to ``[-1, 1]``.
+
+    Call it on a decoded RGB ``uint8`` tensor, or let a reader call :meth:`from_bytes` on the encoded image (every
+    reader in :mod:`lightning_margin.data` does, through :func:`decode_and_transform`): that crops inside the decoder,
+    which is cheaper, and gives the same result up to resampling details.
 
     Args:
         image_size: The backbone's input side, or ``(height, width)``.
@@ -214,14 +226,54 @@ class FaceTransform:
         self.mean = tuple(float(value) for value in mean)
         self.std = tuple(float(value) for value in std)
         self.flip_probability = float(flip_probability)
+        self._offset, self._scale = _affine_parameters(self.mean, self.std)
+
+    def _finish(self, image: Tensor) -> Tensor:
+        image = resize(image, self.image_size)
+        # torch's RNG: DataLoader seeds it differently in every worker, so flips are not repeated across workers.
+        if self.flip_probability > 0 and torch.rand(()).item() < self.flip_probability:
+            image = horizontal_flip(image)
+        return _affine(image, self._offset, self._scale)
 
     def __call__(self, image: Tensor) -> Tensor:
-        # torch's RNG: DataLoader seeds it differently in every worker, so flips are not repeated across workers.
-        flip = self.flip_probability > 0 and torch.rand(()).item() < self.flip_probability
-        return preprocess_face(image, self.image_size, self.crop_size, self.mean, self.std, flip=flip)
+        if self.crop_size is not None:
+            image = center_crop(image, self.crop_size)
+        return self._finish(image)
+
+    def from_bytes(self, data: bytes | bytearray | memoryview, source: str = "<bytes>") -> Tensor:
+        """Decode an encoded image and preprocess it, cropping (and, for JPEG, downscaling) inside the decoder.
+
+        Example:
+            >>> FaceTransform(112, crop_size=150).from_bytes(open("face.jpg", "rb").read())  # doctest: +SKIP
+        """
+        return self._finish(decode_image(data, source, crop_size=self.crop_size, target_size=self.image_size))
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(image_size={self.image_size}, crop_size={self.crop_size}, mean={self.mean}, "
             f"std={self.std}, flip_probability={self.flip_probability})"
         )
+
+
+def decode_and_transform(
+    data: bytes | bytearray | memoryview, source: str, transform: Callable[[Tensor], Any] | None
+) -> Any:
+    """Decode an encoded image and apply a dataset's ``transform``: what every reader does per item.
+
+    A transform with a ``from_bytes(data, source)`` method (such as :class:`FaceTransform`) receives the encoded bytes
+    and decodes them itself, which lets it crop inside the decoder; any other callable receives the decoded RGB
+    ``uint8`` tensor ``[3, H, W]``.
+
+    Args:
+        data: The encoded image.
+        source: Where it came from, for error messages.
+        transform: The dataset's transform, or ``None`` for the decoded tensor.
+
+    Example:
+        >>> decode_and_transform(jpeg_bytes, "face.jpg", FaceTransform(112))  # doctest: +SKIP
+    """
+    from_bytes = getattr(transform, "from_bytes", None)
+    if from_bytes is not None:
+        return from_bytes(data, source)
+    image = decode_image(data, source)
+    return image if transform is None else transform(image)

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from lightning_margin.data.decode import decode_image
+from lightning_margin.data.transforms import decode_and_transform
 
 __all__ = ["UnsafePickleError", "VerificationBinDataset", "read_bin", "write_bin"]
 
@@ -183,11 +183,11 @@ class VerificationBinDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"pair {index} out of range for {len(self)} pairs")
         index %= len(self)
-        pair = []
-        for position in (2 * index, 2 * index + 1):
-            image = decode_image(self.images[position], f"{self.path} image {position} (pair {index})")
-            pair.append(image if self.transform is None else self.transform(image))
-        return pair[0], pair[1], self.issame[index]
+        first, second = (
+            decode_and_transform(self.images[position], f"{self.path} image {position} (pair {index})", self.transform)
+            for position in (2 * index, 2 * index + 1)
+        )
+        return first, second, self.issame[index]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, pairs={len(self)})"
