@@ -128,6 +128,9 @@ def test_pairs_list_validation(tmp_path: Path) -> None:
     path.write_text("1\nAnn\t1\tBob\t1\nAnn\t1\t2\n")
     with pytest.raises(ValueError, match=r"pairs\.txt:2: expected a same-person line"):
         read_pairs_list(path)
+    path.write_text("1\nAnn\t1\t\u00b2\nAnn\t1\tBob\t1\n")  # a superscript two is a digit to str.isdigit
+    with pytest.raises(ValueError, match=r"pairs\.txt:2: an image number must be a positive integer"):
+        read_pairs_list(path)
     path.write_text("1\nAnn\t1\t2\nAnn\t0\tBob\t1\n")
     with pytest.raises(ValueError, match=r"pairs\.txt:3: an image number must be a positive integer, got '0'"):
         read_pairs_list(path)

@@ -230,6 +230,15 @@ def test_truncated_file_names_the_record(tmp_path: Path) -> None:
         dataset.read_encoded(2)
 
 
+def test_corrupt_length_field_is_reported_as_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "train.rec"
+    write_recordio(path, [(jpeg(seed), seed) for seed in range(3)])
+    start = offsets(path)[2]
+    corrupt(path, start + 4, struct.pack("<I", (1 << 29) - 1))  # cflag 0, length 2**29 - 1
+    with pytest.raises(RecordIOError, match=rf"key 2: truncated record: frame at byte {start} announces 536870911"):
+        RecordIODataset(path).read_encoded(1)
+
+
 def test_label_outside_the_class_range_is_an_error(tmp_path: Path) -> None:
     records = [(0, frame(ir_header(2, 0.0, 0) + struct.pack("<2f", 3, 4)))]
     records += [(1, frame(ir_header(0, 0.0, 1) + jpeg(0))), (2, frame(ir_header(0, 5.0, 2) + jpeg(1)))]

@@ -120,7 +120,7 @@ def _read_names(path: Path) -> list[tuple[str, int]]:
         if not line.strip():
             continue
         fields = line.split()
-        if len(fields) != 2 or not fields[1].isdigit():
+        if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
             raise ValueError(f"{path}:{number}: expected 'Name<TAB>count', got {line!r}")
         names.append((fields[0], int(fields[1])))
     return names

@@ -112,7 +112,7 @@ def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
 
 
 def _positive_int(text: str, path: Path, line: int, what: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
         raise ValueError(f"{path}:{line}: {what} must be a positive integer, got {text!r}")
     return int(text)
 

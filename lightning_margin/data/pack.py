@@ -103,7 +103,8 @@ def _detect_format(path: Path) -> str:
         for line in file:
             if line.strip() and not line.lstrip().startswith("#"):
                 fields = line.split()
-                return "lfw" if 1 <= len(fields) <= 2 and all(field.isdigit() for field in fields) else "simple"
+                numeric = all(field.isascii() and field.isdigit() for field in fields)
+                return "lfw" if 1 <= len(fields) <= 2 and numeric else "simple"
     raise ValueError(f"{path}: the pair list is empty")
 
 

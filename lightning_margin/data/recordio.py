@@ -493,7 +493,9 @@ class RecordIODataset(Dataset):
             # One descriptor per process: DataLoader workers must not share a file position (pread has none anyway).
             self._fd = os.open(self.path, os.O_RDONLY)
             self._fd_pid = os.getpid()
-        return os.pread(self._fd, size, offset)
+        # Never ask for more than the file holds: a corrupt length field must give a "truncated" error, not a
+        # 512 MiB allocation.
+        return os.pread(self._fd, max(0, min(size, self._file_size - offset)), offset)
 
     def _read_position(self, position: int, what: str) -> bytes:
         return read_framed_record(
@@ -522,7 +524,7 @@ class RecordIODataset(Dataset):
         property_file = self.path.parent / "property"
         if property_file.is_file():
             first_field = property_file.read_text(encoding="ascii").strip().split(",")[0]
-            if first_field.isdigit():
+            if first_field.isascii() and first_field.isdigit():
                 return int(first_field)
         # No header, no property: scan the labels (reads only each record's first bytes would need the framing;
         # reading whole records is simpler and this path is rare).

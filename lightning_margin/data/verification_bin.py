@@ -96,7 +96,7 @@ def read_bin(path: str | Path) -> tuple[list[bytes], list[bool]]:
             content = _RestrictedUnpickler(file, source).load()
         except UnsafePickleError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, MemoryError) as error:
+        except Exception as error:  # any other failure of a malformed pickle (opcodes, recursion, memory): one message
             raise ValueError(
                 f"{source}: not a readable verification .bin pickle ({type(error).__name__}: {error})"
             ) from error
