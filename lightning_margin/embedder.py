@@ -1,0 +1,500 @@
+"""FaceEmbedder: the inference half of a trained face-recognition model (backbone + neck, no margin head).
+
+A :class:`FaceEmbedder` is what the model zoo ships and what ``lightning-margin export`` produces: the weights in
+``model.safetensors`` (loading never unpickles anything) and a ``config.json`` recording everything needed to use the
+model correctly: the backbone and its arguments, the embedding size, the preprocessing (input size, centre crop,
+channel order, normalisation) and the loss it was trained with. It is a ``huggingface_hub`` ``ModelHubMixin``, so
+``save_pretrained``, ``from_pretrained`` (a local folder or a Hub id) and ``push_to_hub`` work as for any Hub model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from huggingface_hub import ModelCard, ModelHubMixin, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from lightning_margin._validation import check_choice, check_integer
+from lightning_margin.data.sources import parse_source
+from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, preprocess_face
+from lightning_margin.module import FACE_BACKBONES, _feature_width, build_backbone
+from lightning_margin.necks import create_neck, list_necks
+from lightning_margin.tta import embed as tta_embed
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from lightning_margin.module import MarginModule
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "FaceEmbedder", "ImageInput"]
+
+#: File names inside an exported folder / Hub repository.
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+# Files that hold pickles: never loaded, named in the error when they are all a folder offers.
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "model.ckpt", "model.pt", "model.pth")
+
+#: What :meth:`FaceEmbedder.embed` accepts: one image or a batch, as PIL images or tensors.
+ImageInput = Any  # "Image.Image | Tensor | Sequence[Image.Image | Tensor]" (PIL is imported lazily)
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-compatible copy of a hyperparameter structure (tuples become lists, other objects their repr)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
+
+
+class FaceEmbedder(
+    nn.Module,
+    ModelHubMixin,
+    library_name="lightning-margin",
+    license="apache-2.0",
+    pipeline_tag="image-feature-extraction",
+    tags=["face-recognition", "face-verification", "lightning-margin"],
+):
+    """A face embedder: backbone and embedding neck of a trained model, with the preprocessing it was trained with.
+
+    Deng et al., "ArcFace: Additive Angular Margin Loss for Deep Face Recognition" (CVPR 2019) and the other margin
+    papers train backbone + neck with a classification head and then throw the head away: faces are compared by the
+    cosine of their L2-normalised embeddings. This class is that inference half. ``forward(images)`` maps
+    preprocessed images to raw embeddings (exactly ``MarginModule.forward``); :meth:`embed` takes PIL images or
+    tensors, applies the recorded preprocessing and returns L2-normalised embeddings, with flip test-time
+    augmentation by default (the protocol the model cards' numbers use).
+
+    Args:
+        backbone: A timm model name (our ``iresnet*``/``mobilefacenet`` are registered in timm), built with
+            ``num_classes=0``; weights come from ``model.safetensors``, never from timm's pretrained sets.
+        embedding_size: Width of the embeddings.
+        neck: The layers between backbone features and embedding (see :func:`~lightning_margin.necks.list_necks`).
+        backbone_kwargs: Extra ``timm.create_model`` arguments (face backbones get ``img_size=input_size`` here).
+        input_size: Side of the square images the backbone takes.
+        crop_size: Centre crop (pixels) :meth:`embed` takes from raw images before resizing: the crop the training
+            images received (150 for LFW deep-funneled 250x250 images, ``None`` for pre-aligned faces).
+        lfw_crop_size: Centre crop applied to LFW images when evaluating on LFW pairs (the data module's setting).
+        mean: Per-channel normalisation mean, ``[0, 1]`` units, in RGB order.
+        std: Per-channel normalisation standard deviation, ``[0, 1]`` units, in RGB order.
+        channel_order: Channel order the backbone was trained on: ``"RGB"`` (every reader of this package) or
+            ``"BGR"`` (e.g. weights converted from OpenCV pipelines); :meth:`embed` always takes RGB input.
+        loss: Name of the margin head the model was trained with (informative: the head is not part of the model).
+        loss_kwargs: The head's hyperparameters (``scale``, ``margin``, ...).
+        num_classes: Number of training identities.
+        training: The training configuration (model and data hyperparameters, a config file's text, ...), kept
+            verbatim for the model card and for retraining.
+
+    Example:
+        >>> embedder = FaceEmbedder("test_resnet", embedding_size=16, neck="fc_bn", input_size=32)
+        >>> faces = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
+        >>> embedder.embed(faces).norm(dim=1)
+        tensor([1.0000, 1.0000])
+    """
+
+    def __init__(
+        self,
+        backbone: str = "iresnet50",
+        embedding_size: int = 512,
+        neck: str = "bn_dropout_fc_bn",
+        backbone_kwargs: dict[str, Any] | None = None,
+        input_size: int = 112,
+        crop_size: int | None = None,
+        lfw_crop_size: int = LFW_CROP_SIZE,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        channel_order: Literal["RGB", "BGR"] = "RGB",
+        loss: str | None = None,
+        loss_kwargs: dict[str, Any] | None = None,
+        num_classes: int | None = None,
+        training: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(backbone, str):
+            raise ValueError(
+                f"`backbone` must be a timm model name (the config must rebuild it), got {type(backbone).__name__}"
+            )
+        self.embedding_size = check_integer("embedding_size", embedding_size)
+        self.input_size = check_integer("input_size", input_size)
+        check_choice("neck", neck, list_necks())
+        check_choice("channel_order", channel_order, ("RGB", "BGR"))
+        if crop_size is not None:
+            crop_size = check_integer("crop_size", crop_size)
+        lfw_crop_size = check_integer("lfw_crop_size", lfw_crop_size)
+        # FaceTransform validates mean/std (3 values, std > 0) with the data module's wording.
+        FaceTransform(self.input_size, crop_size, mean, std)
+        self.crop_size = crop_size
+        self.lfw_crop_size = lfw_crop_size
+        self.mean = tuple(float(value) for value in mean)
+        self.std = tuple(float(value) for value in std)
+        self.channel_order = channel_order
+
+        backbone_kwargs = dict(backbone_kwargs or {})
+        if backbone in FACE_BACKBONES:
+            # Same rule as MarginModule: their pooling layers are sized for the input. Recorded explicitly.
+            backbone_kwargs.setdefault("img_size", self.input_size)
+        self.backbone = build_backbone(backbone, pretrained=False, **backbone_kwargs)
+        in_features = _feature_width(self.backbone, self.input_size, backbone_kwargs.get("in_chans", 3))
+        # Dropout is a training-time layer: at inference every neck behaves the same with dropout 0.
+        self.neck = create_neck(neck, in_features, self.embedding_size, 0.0)
+
+        self.config: dict[str, Any] = _jsonable(
+            {
+                "backbone": backbone,
+                "embedding_size": self.embedding_size,
+                "neck": neck,
+                "backbone_kwargs": backbone_kwargs,
+                "input_size": self.input_size,
+                "crop_size": crop_size,
+                "lfw_crop_size": lfw_crop_size,
+                "mean": self.mean,
+                "std": self.std,
+                "channel_order": channel_order,
+                "loss": loss,
+                "loss_kwargs": dict(loss_kwargs or {}),
+                "num_classes": num_classes,
+                "training": training,
+            }
+        )
+        self.eval()
+
+    # ---- model ------------------------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Raw (not normalised) embeddings ``[B, embedding_size]`` of preprocessed images ``[B, 3, H, W]``."""
+        if self.channel_order == "BGR":
+            images = images.flip(1)
+        return self.neck(self.backbone(images))
+
+    def preprocess(self, images: ImageInput, crop_size: int | Literal["default"] | None = "default") -> Tensor:
+        """The model input for raw images: centre crop, resize to ``input_size``, normalise; stacked as a batch.
+
+        Args:
+            images: A PIL image, an RGB tensor ``[3, H, W]`` or a batch ``[B, 3, H, W]``, or a list of these (sizes
+                may differ). ``uint8`` tensors hold 0..255; floating-point tensors must hold ``[0, 1]`` (use
+                ``embed(..., preprocessed=True)`` for tensors that are already normalised model input).
+            crop_size: Override the recorded ``crop_size`` (``None``: no crop).
+
+        Returns:
+            A ``float32`` batch ``[B, 3, input_size, input_size]`` on the model's device.
+        """
+        crop = self.crop_size if crop_size == "default" else crop_size
+        device = self._device()
+        out = [
+            preprocess_face(image.to(device), self.input_size, crop, self.mean, self.std)
+            for image in _as_image_list(images)
+        ]
+        return torch.stack(out)
+
+    @torch.no_grad()
+    def embed(
+        self,
+        images: ImageInput,
+        flip: bool = True,
+        preprocessed: bool = False,
+        batch_size: int = 64,
+    ) -> Tensor:
+        """L2-normalised embeddings of face images, with the recorded preprocessing and optional flip TTA.
+
+        Args:
+            images: PIL image(s) or RGB tensors (see :meth:`preprocess`); with ``preprocessed=True`` a float batch
+                ``[B, 3, input_size, input_size]`` that is already model input (e.g. from ``FaceDataModule``).
+            flip: Flip test-time augmentation (Deng et al., 2019): the normalised sum of the embeddings of each image
+                and its mirror. The model cards' numbers are computed with it.
+            preprocessed: ``images`` is model input already; skip crop, resize and normalisation.
+            batch_size: Images per forward pass.
+
+        Returns:
+            ``float32 [B, embedding_size]`` unit-norm embeddings on the model's device; compare faces by the dot
+            product (the cosine similarity).
+
+        Example:
+            >>> embedder = FaceEmbedder("test_resnet", embedding_size=8, neck="linear", input_size=32)
+            >>> embeddings = embedder.embed(torch.rand(3, 3, 40, 40), flip=False)
+            >>> embeddings.shape
+            torch.Size([3, 8])
+        """
+        check_integer("batch_size", batch_size)
+        if preprocessed:
+            if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+                raise ValueError("with preprocessed=True, `images` must be a float tensor [batch, 3, height, width]")
+            batch = images.to(self._device())
+        else:
+            batch = self.preprocess(images)
+        was_training = self.training
+        self.eval()
+        try:
+            chunks = [tta_embed(self, chunk, flip=flip) for chunk in batch.split(batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(chunks)
+
+    def eval_transform(self, source: str) -> FaceTransform:
+        """The preprocessing of a verification source (``"lfw:dev_test"``, ``"bin:x.bin"``, ``"synthetic"``).
+
+        Mirrors :class:`~lightning_margin.data.FaceDataModule`: LFW images get ``lfw_crop_size``, synthetic faces no
+        crop, other sources ``crop_size``; then resize and the recorded normalisation, no random flip.
+        """
+        kind = parse_source(source, "verification").kind
+        crop = self.lfw_crop_size if kind == "lfw" else None if kind == "synthetic" else self.crop_size
+        return FaceTransform(self.input_size, crop, self.mean, self.std, flip_probability=0.0)
+
+    def _device(self) -> torch.device:
+        parameter = next(self.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    # ---- construction from training artefacts -------------------------------------------------------------------
+
+    @classmethod
+    def from_module(
+        cls,
+        module: MarginModule,
+        *,
+        crop_size: int | None = None,
+        lfw_crop_size: int = LFW_CROP_SIZE,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        channel_order: Literal["RGB", "BGR"] = "RGB",
+        training: dict[str, Any] | None = None,
+    ) -> FaceEmbedder:
+        """The embedder of a trained :class:`~lightning_margin.MarginModule` (its backbone and neck weights).
+
+        The module must have been built from a timm backbone name (an ``nn.Module`` backbone cannot be rebuilt from a
+        config). The preprocessing is not part of the module: pass the data module's settings.
+
+        Example:
+            >>> from lightning_margin import MarginModule
+            >>> module = MarginModule("test_resnet", num_classes=4, embedding_size=8, neck="fc_bn", input_size=32)
+            >>> FaceEmbedder.from_module(module).config["loss"]
+            'arcface'
+        """
+        return cls._from_hyperparameters(
+            dict(module.hparams),
+            module.state_dict(),
+            {
+                "crop_size": crop_size,
+                "lfw_crop_size": lfw_crop_size,
+                "mean": mean,
+                "std": std,
+                "channel_order": channel_order,
+            },
+            training=training if training is not None else {"model": _jsonable(dict(module.hparams))},
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        map_location: str | torch.device = "cpu",
+        **preprocessing: Any,
+    ) -> FaceEmbedder:
+        """The embedder of a Lightning checkpoint of :class:`~lightning_margin.MarginModule`.
+
+        The checkpoint is opened with ``torch.load(..., weights_only=True)``: tensors and plain containers only,
+        never arbitrary unpickling. The preprocessing comes from the checkpoint's ``datamodule_hyper_parameters``
+        (saved when training with :class:`~lightning_margin.data.FaceDataModule`): the training source decides the
+        crop (``lfw_crop_size`` for LFW, none for synthetic, ``crop_size`` otherwise). Keyword arguments
+        (``crop_size``, ``lfw_crop_size``, ``mean``, ``std``, ``channel_order``) override it.
+
+        Raises:
+            ValueError: if the checkpoint is not a MarginModule's, its backbone was a module object, or its data
+                module's ``image_size`` differs from the model's ``input_size``.
+        """
+        path = Path(path)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        hyperparameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, Mapping) else None
+        if not hyperparameters or "state_dict" not in checkpoint:
+            raise ValueError(f"{path}: not a Lightning checkpoint of a MarginModule (no hyper_parameters/state_dict)")
+        data = checkpoint.get("datamodule_hyper_parameters")
+        settings: dict[str, Any] = {}
+        if data:
+            image_size = data.get("image_size", hyperparameters.get("input_size"))
+            if image_size != hyperparameters.get("input_size"):
+                raise ValueError(
+                    f"{path}: the data module's image_size={image_size!r} differs from the model's "
+                    f"input_size={hyperparameters.get('input_size')!r}; the embedder needs one square input size"
+                )
+            kind = parse_source(str(data.get("train", "synthetic")), "training").kind
+            lfw_crop = data.get("lfw_crop_size", LFW_CROP_SIZE)
+            settings = {
+                "crop_size": lfw_crop if kind == "lfw" else None if kind == "synthetic" else data.get("crop_size"),
+                "lfw_crop_size": lfw_crop,
+                "mean": data.get("mean", (0.5, 0.5, 0.5)),
+                "std": data.get("std", (0.5, 0.5, 0.5)),
+            }
+        elif not preprocessing:
+            warnings.warn(
+                f"{path} has no datamodule_hyper_parameters (not trained with FaceDataModule): the embedder records "
+                "the default preprocessing (no crop, mean=std=0.5); pass crop_size/mean/std to from_checkpoint if the "
+                "training data was preprocessed differently",
+                UserWarning,
+                stacklevel=2,
+            )
+        settings.update(preprocessing)
+        training = {
+            "model": _jsonable(hyperparameters),
+            "data": _jsonable(data) if data else None,
+            "epoch": checkpoint.get("epoch"),
+            "global_step": checkpoint.get("global_step"),
+            "lightning_version": checkpoint.get("pytorch-lightning_version"),
+        }
+        return cls._from_hyperparameters(hyperparameters, checkpoint["state_dict"], settings, training=training)
+
+    @classmethod
+    def _from_hyperparameters(
+        cls,
+        hyperparameters: Mapping[str, Any],
+        state_dict: Mapping[str, Tensor],
+        preprocessing: Mapping[str, Any],
+        training: dict[str, Any] | None,
+    ) -> FaceEmbedder:
+        backbone = hyperparameters.get("backbone")
+        if not isinstance(backbone, str):
+            raise ValueError(
+                "the model's backbone was passed as a module object, so its architecture is not recorded; train with "
+                "a timm backbone name (e.g. backbone='iresnet50') to export a FaceEmbedder"
+            )
+        head = hyperparameters.get("head")
+        embedder = cls(
+            backbone=backbone,
+            embedding_size=hyperparameters.get("embedding_size", 512),
+            neck=hyperparameters.get("neck", "bn_dropout_fc_bn"),
+            backbone_kwargs=hyperparameters.get("backbone_kwargs"),
+            input_size=hyperparameters.get("input_size", 112),
+            loss=head if isinstance(head, str) else None,
+            loss_kwargs=hyperparameters.get("head_kwargs"),
+            num_classes=hyperparameters.get("num_classes"),
+            training=training,
+            **preprocessing,
+        )
+        # Backbone and neck only: the head's class centres are not part of the embedder.
+        weights = {key: value for key, value in state_dict.items() if key.startswith(("backbone.", "neck."))}
+        embedder.load_state_dict(weights, strict=True)
+        return embedder.eval()
+
+    # ---- huggingface_hub integration ------------------------------------------------------------------------------
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` (the mixin then adds a README.md card if none exists)."""
+        from lightning_margin import __version__
+
+        tensors = {key: value.detach().cpu().contiguous() for key, value in self.state_dict().items()}
+        save_file(tensors, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        config = {"architecture": type(self).__name__, "library_name": "lightning-margin", **self.config}
+        config["library_version"] = __version__
+        (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | Path | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        config: dict[str, Any] | None = None,
+        map_location: str | torch.device = "cpu",
+        **model_kwargs: Any,
+    ) -> FaceEmbedder:
+        # The mixin has read config.json and turned its keys into model_kwargs; `config` is the whole file.
+        if config is None:
+            raise FileNotFoundError(f"{model_id}: no {CONFIG_NAME}; is this a lightning-margin FaceEmbedder?")
+        architecture = config.get("architecture", cls.__name__)
+        if architecture != cls.__name__:
+            raise ValueError(f"{model_id}: {CONFIG_NAME} describes a {architecture!r}, not a {cls.__name__}")
+        if os.path.isdir(model_id):
+            weights = Path(model_id) / WEIGHTS_NAME
+            if not weights.is_file():
+                weights = None
+        else:
+            try:
+                weights = Path(
+                    hf_hub_download(
+                        repo_id=model_id,
+                        filename=WEIGHTS_NAME,
+                        revision=revision,
+                        cache_dir=cache_dir,
+                        force_download=force_download,
+                        token=token,
+                        local_files_only=local_files_only,
+                    )
+                )
+            except EntryNotFoundError:
+                weights = None
+        if weights is None:
+            # Deliberately no fallback to pytorch_model.bin or checkpoints: unpickling runs arbitrary code.
+            raise FileNotFoundError(
+                f"{model_id}: no {WEIGHTS_NAME}. FaceEmbedder loads safetensors weights only and never unpickles "
+                f"({', '.join(_PICKLE_WEIGHTS)} are ignored); convert a Lightning checkpoint with "
+                "`lightning-margin export CHECKPOINT FOLDER`"
+            )
+        embedder = cls(**model_kwargs)
+        state_dict = load_file(str(weights), device=str(map_location))
+        embedder.load_state_dict(state_dict, strict=True)
+        return embedder.eval()
+
+    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
+        """The Hub model card for this embedder, without evaluation results (``publish`` adds them)."""
+        from lightning_margin.model_card import build_model_card
+
+        return build_model_card(self.config, **kwargs)
+
+
+def _as_image_list(images: ImageInput) -> list[Tensor]:
+    """Split a PIL image, a ``[3, H, W]`` or ``[B, 3, H, W]`` tensor, or a list of them into RGB images ``[3, H, W]``.
+
+    ``uint8`` tensors stay ``uint8``; float tensors in ``[0, 1]`` are scaled to 0..255 (still float) so that one
+    normalisation serves both.
+    """
+    if isinstance(images, (list, tuple)):
+        out: list[Tensor] = []
+        for image in images:
+            out.extend(_as_image_list(image))
+        if not out:
+            raise ValueError("`images` is empty")
+        return out
+    if isinstance(images, Tensor):
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"image tensors must be RGB [3, H, W] or [B, 3, H, W], got shape {tuple(images.shape)}")
+        if images.is_floating_point():
+            low, high = images.min().item(), images.max().item()
+            if low < 0 or high > 1:
+                raise ValueError(
+                    f"float images must hold values in [0, 1] (got {low:.3g}..{high:.3g}); for tensors that are "
+                    "already normalised model input use embed(..., preprocessed=True)"
+                )
+            images = images * 255.0
+        elif images.dtype != torch.uint8:
+            raise ValueError(f"image tensors must be uint8 (0..255) or float ([0, 1]), got {images.dtype}")
+        return list(images.unbind(0))
+    return [_pil_to_tensor(images)]
+
+
+def _pil_to_tensor(image: Image.Image) -> Tensor:
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"`images` must be PIL images or tensors, got {type(image).__name__}")
+    import numpy as np
+
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)

@@ -1,0 +1,145 @@
+"""``lightning-margin export``: turn a training checkpoint into a FaceEmbedder folder (safetensors + config), and ONNX.
+
+``lightning-margin export runs/arcface/last.ckpt out/arcface`` writes ``model.safetensors``, ``config.json`` and a
+``README.md`` card; ``--onnx`` adds ``model.onnx``, whose input is the preprocessed batch ``images`` ``[B, 3, H, W]``
+and whose output ``embeddings`` ``[B, embedding_size]`` is L2-normalised (no flip augmentation: run the mirror image
+through it too and add the embeddings if you want it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_margin.embedder import CONFIG_NAME, FaceEmbedder
+
+__all__ = ["ONNX_NAME", "export", "export_onnx", "load_any", "main"]
+
+#: File name of the ONNX model inside an exported folder.
+ONNX_NAME = "model.onnx"
+
+
+class _NormalizedEmbedder(nn.Module):
+    """The graph ONNX gets: preprocessed images -> L2-normalised embeddings."""
+
+    def __init__(self, embedder: FaceEmbedder) -> None:
+        super().__init__()
+        self.embedder = embedder
+
+    def forward(self, images: Tensor) -> Tensor:
+        return F.normalize(self.embedder(images), dim=1)
+
+
+def export_onnx(embedder: FaceEmbedder, path: str | os.PathLike[str], opset_version: int = 17) -> Path:
+    """Export an embedder to ONNX: input ``images`` ``[batch, 3, H, W]`` (preprocessed), output ``embeddings``.
+
+    The output is the L2-normalised embedding, i.e. ``embedder.embed(images, flip=False, preprocessed=True)``;
+    the batch axis is dynamic. Uses torch's TorchScript-based exporter (``dynamo=False``), which needs only the
+    ``onnx`` package (the dynamo exporter also needs ``onnxscript``).
+
+    Example:
+        >>> import tempfile
+        >>> embedder = FaceEmbedder("test_resnet", embedding_size=8, neck="fc_bn", input_size=32)
+        >>> export_onnx(embedder, f"{tempfile.mkdtemp()}/model.onnx").name
+        'model.onnx'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = embedder.training
+    embedder.eval()
+    size = embedder.input_size
+    example = torch.zeros(2, 3, size, size, device=embedder._device())
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter announces its deprecation on every call; the choice is documented above.
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            warnings.simplefilter("ignore", category=FutureWarning)
+            torch.onnx.export(
+                _NormalizedEmbedder(embedder),
+                (example,),
+                str(path),
+                input_names=["images"],
+                output_names=["embeddings"],
+                dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+                opset_version=opset_version,
+                dynamo=False,
+            )
+    finally:
+        embedder.train(was_training)
+    return path
+
+
+def load_any(source: str | os.PathLike[str]) -> FaceEmbedder:
+    """A FaceEmbedder from a Lightning checkpoint file or an exported folder (see :func:`export`)."""
+    path = Path(source)
+    if path.is_file():
+        return FaceEmbedder.from_checkpoint(path)
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; not an exported FaceEmbedder folder")
+        return FaceEmbedder.from_pretrained(path)
+    raise FileNotFoundError(f"{path}: no such checkpoint file or exported folder")
+
+
+def export(
+    source: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    onnx: bool = False,
+    config_file: str | os.PathLike[str] | None = None,
+) -> FaceEmbedder:
+    """Write the FaceEmbedder of a checkpoint (or an exported folder) to ``output_dir``.
+
+    Args:
+        source: A Lightning checkpoint of :class:`~lightning_margin.MarginModule` (opened with
+            ``weights_only=True``) or an exported folder.
+        output_dir: Receives ``model.safetensors``, ``config.json``, ``README.md`` (kept if it exists) and, with
+            ``onnx``, ``model.onnx``.
+        onnx: Also export ONNX (:func:`export_onnx`).
+        config_file: The training config file (e.g. the LightningCLI YAML); its text is recorded in ``config.json``
+            under ``training.config_file`` and shown in the card.
+
+    Returns:
+        The embedder that was written.
+    """
+    embedder = load_any(source)
+    if config_file is not None:
+        training = embedder.config.get("training") or {}
+        training["config_file"] = Path(config_file).read_text(encoding="utf-8")
+        embedder.config["training"] = training
+    output = Path(output_dir)
+    embedder.save_pretrained(output)
+    if onnx:
+        export_onnx(embedder, output / ONNX_NAME)
+    return embedder
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lightning-margin export``."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-margin export",
+        description="Export a MarginModule checkpoint as a FaceEmbedder folder (safetensors, config.json, card).",
+    )
+    parser.add_argument("source", help="a Lightning checkpoint (.ckpt) or an exported folder")
+    parser.add_argument("output_dir", help="the folder to write")
+    parser.add_argument("--onnx", action="store_true", help=f"also write {ONNX_NAME}")
+    parser.add_argument("--config", dest="config_file", help="the training config file, recorded in the card")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    embedder = export(args.source, args.output_dir, onnx=args.onnx, config_file=args.config_file)
+    files = sorted(path.name for path in Path(args.output_dir).iterdir() if path.is_file())
+    print(
+        f"exported {embedder.config['backbone']} ({embedder.config['loss']}) to {args.output_dir}: {', '.join(files)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
