@@ -282,3 +282,16 @@ def test_fit_with_lightning_reports_skips_and_validates_every_set(tmp_path: Path
     assert len(reports) == 2 and all("skipped 2 unreadable" in report for report in reports)  # once per epoch
     assert model.validated == {0: 12, 1: 8}  # 2 epochs x all pairs of each set, in order
     assert data.skipped_images == 4
+
+
+def test_relative_paths_fall_back_to_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    color_tree(tmp_path / "here" / "faces", identities=3, per_identity=1)
+    color_tree(tmp_path / "root" / "faces", identities=2, per_identity=1)
+    monkeypatch.chdir(tmp_path / "here")
+    monkeypatch.setenv("LIGHTNING_MARGIN_DATA", str(tmp_path / "root"))
+    cache = str(tmp_path / "cache")
+    # Under the data root first...
+    assert FaceDataModule(train="imagefolder:faces", num_workers=0, image_folder_cache_dir=cache).num_classes == 2
+    # ...and a path that exists only from the working directory is taken from there.
+    (tmp_path / "here" / "faces").rename(tmp_path / "here" / "local")
+    assert FaceDataModule(train="imagefolder:local", num_workers=0, image_folder_cache_dir=cache).num_classes == 3

@@ -94,6 +94,7 @@ def pack_image_folder(
                     continue
             yield data, label
 
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
     summary = write_recordio(output, samples())
     return summary, skipped
 
@@ -201,6 +202,7 @@ def pack_pairs_bin(
                     decode_image(cache[path], f"{path} (named on {where})")
             images.append(cache[path])
         issame.append(same)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
     write_bin(output, images, issame)
     return len(issame)
 

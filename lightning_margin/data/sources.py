@@ -3,20 +3,16 @@
 :class:`~lightning_margin.data.datamodule.FaceDataModule` is configured with short strings so a YAML config stays
 readable. ``KIND`` or ``KIND:ARGUMENT``:
 
-============================  ========================================================  ===========================
-source                        training set                                              verification set
-============================  ========================================================  ===========================
-``synthetic[:N]``             :class:`SyntheticFaces`, N identities (default 10)         :class:`SyntheticPairs`, N
-                                                                                        pairs (default 200)
-``lfw:SPLIT``                 :class:`LFWPeople` of ``<data root>/lfw``                 :class:`LFWPairs`
-``imagefolder:PATH``          :class:`FaceImageFolder`                                  (not a pair format)
-``recordio:PATH``             :class:`RecordIODataset` (``PATH`` the ``.rec`` or its    (not a pair format)
-                              folder, which then holds ``train.rec``)
-``bin:PATH``                  (not a training format)                                   :class:`VerificationBinDataset`
-============================  ========================================================  ===========================
+* ``synthetic[:N]``: training, :class:`SyntheticFaces` with N identities (default 10); verification,
+  :class:`SyntheticPairs` with N pairs (default 200).
+* ``lfw:SPLIT``: training, :class:`LFWPeople` of ``<data root>/lfw``; verification, :class:`LFWPairs`.
+* ``imagefolder:PATH``: training only, :class:`FaceImageFolder`.
+* ``recordio:PATH``: training only, :class:`RecordIODataset`; ``PATH`` is the ``.rec`` file or the folder holding
+  ``train.rec``.
+* ``bin:PATH``: verification only, :class:`VerificationBinDataset`.
 
-``SPLIT`` is ``dev_train``, ``dev_test`` or ``10fold``. A relative ``PATH`` is resolved against the data root when
-one is set, else against the working directory. The data root is the ``data_root`` setting, or else the environment
+``SPLIT`` is ``dev_train``, ``dev_test`` or ``10fold``. A relative ``PATH`` is looked up under the data root when
+one is set, then in the working directory. The data root is the ``data_root`` setting, or else the environment
 variable ``LIGHTNING_MARGIN_DATA``: the folder that holds ``lfw/`` (and, by convention, other sets).
 """
 
@@ -118,7 +114,12 @@ def _lfw_root(data_root: Path | None, spec: str) -> Path:
 
 def _path(argument: str, data_root: Path | None) -> Path:
     path = Path(argument).expanduser()
-    return path if path.is_absolute() or data_root is None else data_root / path
+    if path.is_absolute() or data_root is None:
+        return path
+    under_root = data_root / path
+    # Under the data root first (configs stay portable); a path that exists only relative to the working directory
+    # is taken from there, so a local file is not shadowed by a data root that happens to be set.
+    return path if not under_root.exists() and path.exists() else under_root
 
 
 def build_training_set(
