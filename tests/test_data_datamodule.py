@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -295,3 +296,18 @@ def test_relative_paths_fall_back_to_the_working_directory(tmp_path: Path, monke
     # ...and a path that exists only from the working directory is taken from there.
     (tmp_path / "here" / "faces").rename(tmp_path / "here" / "local")
     assert FaceDataModule(train="imagefolder:local", num_workers=0, image_folder_cache_dir=cache).num_classes == 3
+
+
+def test_verification_batches_carry_the_pair_index_only_when_distributed() -> None:
+    data = FaceDataModule(train="synthetic:2", val_sets={"s": "synthetic:6"}, image_size=8, num_workers=0)
+    data.setup("fit")
+    assert len(next(iter(data.val_dataloader()[0]))) == 3
+    data.trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    loader = data.val_dataloader()[0]
+    # Sampled like rank 1 of 2 would be: the indices say which pairs these are, in the set's order.
+    sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=1, shuffle=False)
+    first, _, issame, pair_index = next(iter(_update_dataloader(loader, sampler)))
+    assert pair_index.tolist() == [1, 3, 5]
+    plain = data.val_datasets()["s"]
+    assert issame.tolist() == [plain.issame[i] for i in (1, 3, 5)]
+    assert torch.equal(first[0], plain[1][0])

@@ -24,13 +24,32 @@ from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform
 __all__ = ["FaceDataModule"]
 
 
+class _WithPairIndex(Dataset):
+    """Appends each pair's position in its set: ``(image1, image2, issame, pair_index)``.
+
+    Under DDP, Lightning's ``DistributedSampler`` interleaves the pairs across ranks and pads the last shard with
+    repeats; with the index, :class:`~lightning_margin.MarginModule`'s metrics drop the repeats and restore the order,
+    so multi-process validation gives exactly the single-process numbers.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple:
+        return (*self.dataset[index], index)
+
+
 class FaceDataModule(LightningDataModule):
     """Face training and verification data for angular-margin models, from LFW, image folders, RecordIO and .bin.
 
     Training batches are ``(images, labels)``: ``float32 [B, 3, H, W]`` normalised to ``[-1, 1]`` (by default) and
     ``int64 [B]``. :meth:`val_dataloader` returns one loader per verification set, in the order of
     :attr:`verification_set_names`, with batches ``(images1, images2, issame)`` (no flip: models apply flip test-time
-    augmentation themselves).
+    augmentation themselves); when the trainer runs several processes, batches also carry ``pair_index`` (each pair's
+    position in its set) so metrics can undo the distributed sampler's interleaving and padding.
 
     Sources are strings (see :mod:`lightning_margin.data.sources`): ``"synthetic[:N]"``, ``"lfw:dev_train"``,
     ``"imagefolder:PATH"``, ``"recordio:PATH"`` for training; ``"synthetic[:N]"``, ``"lfw:dev_test"``,
@@ -224,9 +243,11 @@ class FaceDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> list[DataLoader]:
+        trainer = self.trainer
+        distributed = trainer is not None and getattr(trainer, "world_size", 1) > 1
         return [
             DataLoader(
-                dataset,
+                _WithPairIndex(dataset) if distributed else dataset,
                 batch_size=self.val_batch_size,
                 shuffle=False,
                 num_workers=self.num_workers,
