@@ -66,7 +66,7 @@ class CardSet:
         flip: Whether flip test-time augmentation was used.
         num_folds: Folds of the k-fold accuracy.
         num_pairs: Number of pairs evaluated.
-        metrics: ``{metric: value}`` (``accuracy``, ``accuracy_std``, ``tar@far=0.001``, ``eer``, ``auc``).
+        metrics: ``{metric: value}`` (``accuracy``, ``accuracy_std``, ``tar@far=1e-3``, ``eer``, ``auc``).
     """
 
     name: str
@@ -111,8 +111,8 @@ def card_metric_names(metrics: Mapping[str, Any]) -> list[str]:
     """The metrics of an evaluation that a card records: :data:`CARD_METRICS` and every ``tar@far=...``.
 
     Example:
-        >>> card_metric_names({"accuracy": 0.9, "threshold": 0.3, "tar@far=0.001": 0.5, "auc": 0.95, "roc": {}})
-        ['accuracy', 'tar@far=0.001', 'auc']
+        >>> card_metric_names({"accuracy": 0.9, "threshold": 0.3, "tar@far=1e-3": 0.5, "auc": 0.95, "roc": {}})
+        ['accuracy', 'tar@far=1e-3', 'auc']
     """
     return [key for key in metrics if key in CARD_METRICS or key.startswith("tar@far=")]
 
@@ -227,7 +227,7 @@ def build_model_card(
 
     Example:
         >>> config = {"backbone": "iresnet18", "embedding_size": 512, "input_size": 112, "loss": "arcface"}
-        >>> metrics = {"accuracy": 0.95, "accuracy_std": 0.01, "tar@far=0.001": 0.6, "eer": 0.05, "auc": 0.98}
+        >>> metrics = {"accuracy": 0.95, "accuracy_std": 0.01, "tar@far=1e-3": 0.6, "eer": 0.05, "auc": 0.98}
         >>> card = build_model_card(config, {"lfw_dev_test": metrics}, {"lfw_dev_test": "lfw:dev_test"})
         >>> card.data.library_name, parse_model_card(card)["lfw_dev_test"].metrics["accuracy"]
         ('lightning-margin', 0.95)

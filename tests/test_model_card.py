@@ -35,9 +35,9 @@ CONFIG = {
         "epoch": 20,
     },
 }
-LFW = {"accuracy": 0.9123456789, "accuracy_std": 0.0123, "threshold": 0.31, "tar@far=0.001": 0.4, "eer": 0.09}
+LFW = {"accuracy": 0.9123456789, "accuracy_std": 0.0123, "threshold": 0.31, "tar@far=1e-3": 0.4, "eer": 0.09}
 LFW |= {"auc": 0.95, "num_pairs": 1000, "roc": {"fpr": [0.0, 1.0]}}
-BIN = {"accuracy": 0.8, "accuracy_std": 0.02, "tar@far=0.001": 0.1, "eer": 0.2, "auc": 0.85, "num_pairs": 600}
+BIN = {"accuracy": 0.8, "accuracy_std": 0.02, "tar@far=1e-3": 0.1, "eer": 0.2, "auc": 0.85, "num_pairs": 600}
 SETS = {"lfw_dev_test": "lfw:dev_test", "cfp": "bin:/data/cfp_fp.bin"}
 
 
@@ -61,7 +61,7 @@ def test_front_matter_has_hub_fields_and_one_result_per_set_with_every_metric():
     assert lfw["dataset"]["split"] == "dev_test"
     values = {metric["type"]: metric["value"] for metric in lfw["metrics"]}
     # The card's metrics only (no threshold, no curve), rounded to 6 digits.
-    assert values == {"accuracy": 0.912346, "accuracy_std": 0.0123, "tar@far=0.001": 0.4, "eer": 0.09, "auc": 0.95}
+    assert values == {"accuracy": 0.912346, "accuracy_std": 0.0123, "tar@far=1e-3": 0.4, "eer": 0.09, "auc": 0.95}
 
 
 def test_body_has_results_training_config_evaluation_limits_and_loading():
@@ -89,7 +89,7 @@ def test_parse_reads_back_what_was_written():
         flip=False,
         num_folds=5,
         num_pairs=600,
-        metrics={"accuracy": 0.8, "accuracy_std": 0.02, "tar@far=0.001": 0.1, "eer": 0.2, "auc": 0.85},
+        metrics={"accuracy": 0.8, "accuracy_std": 0.02, "tar@far=1e-3": 0.1, "eer": 0.2, "auc": 0.85},
     )
     assert parsed["lfw_dev_test"].far == [0.001]
 

@@ -1,0 +1,340 @@
+"""``lightning-margin verify``: evaluate face embedders on verification pairs and check them against their model cards.
+
+``lightning-margin verify --model ORG/NAME`` downloads a published embedder, re-evaluates it on the sets its card
+lists, prints the table and exits with status 1 when a metric differs from the card by more than ``--tolerance``.
+``--model`` also takes a Lightning checkpoint (``.ckpt``) or an exported folder, and several models: one table and
+one overlaid ROC figure (``--plot roc.png``); ``--json`` writes the metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from lightning_margin.embedder import FaceEmbedder
+from lightning_margin.model_card import (
+    DEFAULT_TOLERANCE,
+    CardSet,
+    MetricMismatch,
+    compare_metrics,
+    load_model_card,
+    parse_model_card,
+)
+
+__all__ = [
+    "LoadedModel",
+    "VerifyReport",
+    "evaluate_embedder",
+    "load_embedder",
+    "main",
+    "parse_pairs",
+    "verify_models",
+]
+
+# Exit statuses: 0 all good, 1 a metric does not reproduce its card, 2 bad usage (argparse's convention).
+EXIT_MISMATCH = 1
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_models` found.
+
+    Attributes:
+        rows: ``{row: metrics}``, rows named ``"model"`` (one set) or ``"model @ set"``.
+        mismatches: Card metrics not reproduced within the tolerance (``set_name`` is ``"model @ set"``).
+        compared: The ``"model @ set"`` entries that were compared with a card.
+        notes: What was not compared, and why.
+    """
+
+    rows: dict[str, dict[str, Any]]
+    mismatches: list[MetricMismatch]
+    compared: list[str]
+    notes: list[str]
+
+
+@dataclass
+class LoadedModel:
+    """An embedder with where it came from and, for exported folders and Hub ids, its card's results."""
+
+    name: str
+    embedder: FaceEmbedder
+    card_sets: dict[str, CardSet] | None
+
+
+def load_embedder(spec: str | os.PathLike[str], revision: str | None = None) -> LoadedModel:
+    """Load a FaceEmbedder from a Lightning checkpoint, an exported folder or a Hub id, with its card's results.
+
+    Args:
+        spec: A ``.ckpt`` file (opened with ``weights_only=True``), a folder written by ``save_pretrained`` /
+            ``lightning-margin export``, or a Hub repository id ``ORG/NAME``.
+        revision: Hub revision (branch, tag or commit) for Hub ids.
+
+    Returns:
+        The :class:`LoadedModel`; ``card_sets`` is ``None`` when there is no card or it lists no results.
+    """
+    name = str(spec)
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix not in (".ckpt", ".pt", ".pth"):
+            raise ValueError(f"{path}: a model file must be a Lightning checkpoint (.ckpt); or give a folder or Hub id")
+        return LoadedModel(name, FaceEmbedder.from_checkpoint(path), None)
+    if path.is_dir():
+        embedder = FaceEmbedder.from_pretrained(path)
+        card_path = path / "README.md"
+        return LoadedModel(name, embedder, _card_sets(card_path) if card_path.is_file() else None)
+    if name.count("/") != 1 or name.startswith((".", "/")) or name.endswith(".ckpt"):
+        raise FileNotFoundError(f"{name}: no such checkpoint or folder, and not a Hub id of the form ORG/NAME")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    embedder = FaceEmbedder.from_pretrained(name, revision=revision)
+    try:
+        card_path = Path(hf_hub_download(name, "README.md", revision=revision))
+    except EntryNotFoundError:
+        return LoadedModel(name, embedder, None)
+    return LoadedModel(name, embedder, _card_sets(card_path))
+
+
+def _card_sets(path: Path) -> dict[str, CardSet] | None:
+    return parse_model_card(load_model_card(path)) or None
+
+
+def parse_pairs(specs: Sequence[str]) -> dict[str, str]:
+    """``["lfw:dev_test", "agedb=bin:agedb_30.bin"]`` -> ``{"lfw_dev_test": "lfw:dev_test", "agedb": "bin:..."}``.
+
+    A plain source is named like the data module names its sets (``lfw:dev_test`` -> ``lfw_dev_test``,
+    ``bin:path/agedb_30.bin`` -> ``agedb_30``, ``synthetic:N`` -> ``synthetic``); ``NAME=SOURCE`` names it.
+
+    Example:
+        >>> parse_pairs(["lfw:dev_test", "mine=bin:/data/cfp_fp.bin"])
+        {'lfw_dev_test': 'lfw:dev_test', 'mine': 'bin:/data/cfp_fp.bin'}
+    """
+    from lightning_margin.data.sources import parse_source
+
+    sets: dict[str, str] = {}
+    for spec in specs:
+        name, separator, source = spec.partition("=")
+        if not separator:
+            name, source = "", spec
+        kind, argument = parse_source(source, "verification")
+        if not name:
+            if kind == "lfw":
+                name = f"lfw_{argument}"
+            elif kind == "bin":
+                name = Path(argument).stem
+            else:
+                name = kind
+        if name in sets:
+            raise ValueError(f"two verification sets are named {name!r}; name them with NAME=SOURCE")
+        sets[name] = source
+    return sets
+
+
+def evaluate_embedder(
+    embedder: FaceEmbedder,
+    source: str,
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    flip: bool = True,
+    far: float | Sequence[float] = (1e-3,),
+    num_folds: int = 10,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Verification metrics of an embedder on one pair set, with the embedder's recorded preprocessing.
+
+    The set is built from its source string (:func:`~lightning_margin.data.sources.build_verification_set`) with
+    :meth:`FaceEmbedder.eval_transform`, loaded in order and scored by
+    :func:`~lightning_margin.evaluation.evaluate_pairs`.
+
+    Returns:
+        What :func:`~lightning_margin.evaluation.evaluate_pairs` returns (metrics, ``num_pairs`` and ``roc``).
+    """
+    from lightning_margin.data.sources import build_verification_set, resolve_data_root
+    from lightning_margin.evaluation import evaluate_pairs
+
+    dataset = build_verification_set(
+        source, resolve_data_root(data_root), embedder.eval_transform(source), image_size=embedder.input_size
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return evaluate_pairs(embedder, loader, flip=flip, far=far, device=device, progress=progress, num_folds=num_folds)
+
+
+def verify_models(
+    models: Sequence[LoadedModel],
+    sets: Mapping[str, str] | None = None,
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    flip: bool = True,
+    far: Sequence[float] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+    device: str | None = None,
+) -> VerifyReport:
+    """Evaluate every model on every set and compare with the models' cards.
+
+    Without ``sets`` each model is evaluated on the sets of its card, with the card's protocol (flip, folds,
+    false accept rates). A card set is compared only when it was evaluated with the card's protocol.
+
+    Returns:
+        A :class:`VerifyReport`.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    mismatches: list[MetricMismatch] = []
+    compared: list[str] = []
+    notes: list[str] = []
+    plans = []
+    for model in models:
+        card = model.card_sets or {}
+        if sets:
+            plan = dict(sets)
+        elif card:
+            plan = {name: entry.source for name, entry in card.items()}
+        else:
+            raise ValueError(f"{model.name}: no model card results to re-evaluate; name the sets with --pairs")
+        plans.append((model, card, plan))
+    several_sets = any(len(plan) > 1 for _, _, plan in plans) or len({tuple(plan) for _, _, plan in plans}) > 1
+    for model, card, plan in plans:
+        measured: dict[str, dict[str, Any]] = {}
+        for set_name, source in plan.items():
+            entry = card.get(set_name)
+            protocol_far = list(far) if far else (entry.far if entry and entry.far else [1e-3])
+            folds = entry.num_folds if entry else 10
+            results = evaluate_embedder(
+                model.embedder,
+                source,
+                data_root=data_root,
+                flip=flip,
+                far=protocol_far,
+                num_folds=folds,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                progress=progress,
+                device=device,
+            )
+            row = f"{model.name} @ {set_name}" if several_sets else model.name
+            rows[row] = results
+            if entry is None:
+                continue
+            if entry.source != source or entry.flip != flip:
+                notes.append(
+                    f"{model.name} @ {set_name}: not compared with the card (card: {entry.source}, flip={entry.flip}; "
+                    f"here: {source}, flip={flip})"
+                )
+                continue
+            measured[set_name] = results
+            compared.append(f"{model.name} @ {set_name}")
+        for mismatch in compare_metrics(card, measured, tolerance):
+            mismatch.set_name = f"{model.name} @ {mismatch.set_name}"
+            mismatches.append(mismatch)
+        if card and not measured:
+            notes.append(f"{model.name}: none of its card's sets was evaluated with the card's protocol")
+    return VerifyReport(rows, mismatches, compared, notes)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-margin verify",
+        description=(
+            "Evaluate face embedders on verification pairs (accuracy, its std, TAR@FAR, EER, AUC). With an exported "
+            "folder or Hub id whose model card lists results, re-evaluate the card's sets and exit with status 1 when "
+            "a metric differs from the card by more than --tolerance."
+        ),
+    )
+    parser.add_argument(
+        "--model",
+        dest="models",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="MODEL",
+        help="a Lightning checkpoint (.ckpt), an exported folder, or a Hub id ORG/NAME; several allowed",
+    )
+    parser.add_argument(
+        "--pairs",
+        nargs="+",
+        action="extend",
+        metavar="SET",
+        help="verification sets: lfw:dev_test, lfw:10fold, bin:PATH, synthetic[:N], or NAME=SOURCE "
+        "(default: the sets of each model's card)",
+    )
+    parser.add_argument(
+        "--data-root", help="folder holding lfw/ and relative .bin paths (default: $LIGHTNING_MARGIN_DATA)"
+    )
+    parser.add_argument("--json", type=Path, help="write the metrics to this JSON file")
+    parser.add_argument("--plot", type=Path, help="save the ROC curves (all models, one figure) to this PNG")
+    parser.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
+    parser.add_argument("--far", type=float, nargs="+", help="false accept rates for TAR@FAR (default: the card's)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"largest accepted absolute difference from a card's metric (default {DEFAULT_TOLERANCE})",
+    )
+    parser.add_argument("--revision", help="Hub revision (branch, tag or commit) for Hub ids")
+    parser.add_argument("--batch-size", type=int, default=64, help="pairs per batch (default 64)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader worker processes (default 0)")
+    parser.add_argument("--device", help="torch device (default: cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lightning-margin verify``; returns the exit status (0 ok, 1 a metric does not reproduce)."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    from lightning_margin.evaluation import format_table, write_metrics_json
+
+    sets = parse_pairs(args.pairs) if args.pairs else None
+    models = [load_embedder(spec, revision=args.revision) for spec in args.models]
+    names = [model.name for model in models]
+    if len(set(names)) != len(names):
+        raise SystemExit("lightning-margin verify: the same --model is given twice")
+    report = verify_models(
+        models,
+        sets,
+        data_root=args.data_root,
+        flip=not args.no_flip,
+        far=args.far,
+        tolerance=args.tolerance,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    print(format_table(report.rows))
+    if args.json is not None:
+        write_metrics_json(args.json, report.rows)
+        print(f"metrics written to {args.json}")
+    if args.plot is not None:
+        from lightning_margin.plots.roc import plot_roc_curves
+
+        plot_roc_curves({row: results["roc"] for row, results in report.rows.items()}, args.plot)
+        print(f"ROC curves saved to {args.plot}")
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.mismatches:
+        print(
+            f"FAILED: {len(report.mismatches)} metric(s) differ from the model card by more than {args.tolerance:g}:",
+            file=sys.stderr,
+        )
+        for mismatch in report.mismatches:
+            print(f"  {mismatch}", file=sys.stderr)
+        return EXIT_MISMATCH
+    if report.compared:
+        print(f"OK: {', '.join(report.compared)} reproduce the model card within {args.tolerance:g}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
