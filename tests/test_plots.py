@@ -174,10 +174,15 @@ def test_geometry_training_learns_separable_angles_on_real_digits(geometry_2d):
     from sklearn.datasets import load_digits
 
     target = load_digits().target
+    subset = target[np.isin(target, [0, 1, 2])]
     arcface = geometry_2d["arcface"]
-    assert arcface.embeddings.shape == (int(np.isin(target, [0, 1, 2]).sum()), 2)
-    assert arcface.class_names == ["0", "1", "2"]
-    np.testing.assert_array_equal(arcface.labels.numpy(), target[np.isin(target, [0, 1, 2])])
+    # Half of each class is held out of training (the default); the results are those samples only.
+    assert arcface.split == "held-out" and arcface.class_names == ["0", "1", "2"]
+    for digit in (0, 1, 2):
+        assert int((arcface.labels == digit).sum()) == round((subset == digit).sum() / 2)
+    assert arcface.embeddings.shape == (arcface.labels.numel(), 2)
+    np.testing.assert_array_equal(arcface.labels.numpy(), subset[arcface.indices.numpy()])
+    assert torch.equal(geometry_2d["softmax"].indices, arcface.indices)  # every loss is shown the same samples
 
     # Accuracy recomputed from the embeddings and the class weights (ArcFace infers by the largest cosine).
     x = arcface.embeddings.numpy() / np.linalg.norm(arcface.embeddings.numpy(), axis=1, keepdims=True)
@@ -211,7 +216,11 @@ def test_geometry_2d_figure_draws_the_embeddings_and_one_arrow_per_class_weight(
 
 
 def test_geometry_3d_figure_puts_the_embeddings_on_the_unit_sphere(tmp_path):
-    results = train_geometry_models(("cosface", "subcenter_arcface"), embedding_size=3, classes=(3, 7), steps=20)
+    results = train_geometry_models(
+        ("cosface", "subcenter_arcface"), embedding_size=3, classes=(3, 7), steps=20, holdout_fraction=0.0
+    )
+    assert results["cosface"].split == "training"
+    assert torch.equal(results["cosface"].indices, torch.arange(len(load_digits_subset((3, 7))[1])))
     assert results["subcenter_arcface"].class_weights.shape == (2 * 3, 3)  # 3 sub-centres per class
     figure = plot_geometry(results, tmp_path / "sphere.png", max_points_per_class=25)
     assert [ax.name for ax in figure.axes] == ["3d", "3d"]
@@ -231,6 +240,8 @@ def test_geometry_3d_figure_puts_the_embeddings_on_the_unit_sphere(tmp_path):
 def test_geometry_argument_checks():
     with pytest.raises(ValueError, match="embedding_size"):
         train_geometry_models(("arcface",), embedding_size=4)
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        train_geometry_models(("arcface",), holdout_fraction=1.0)
     with pytest.raises(ValueError, match="two distinct digits"):
         load_digits_subset((1, 1))
     with pytest.raises(ValueError, match="does not take 'margn'"):
@@ -283,7 +294,7 @@ def test_cli_writes_each_figure_and_rejects_bad_heads(tmp_path, capsys):
     out = tmp_path / "geometry.png"
     argv = ["geometry", "--loss", "arcface:margin=0.2", "--classes", "0", "1", "--steps", "5", "--out", str(out)]
     assert main(argv) == 0
-    assert "ArcFace (s=16, m=0.2): training accuracy" in capsys.readouterr().out
+    assert "ArcFace (s=16, m=0.2): held-out accuracy" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(["target-logits", "--head", "arcface:margn=0.3", "--out", str(tmp_path / "bad.png")])
     assert exit_info.value.code == 2
@@ -294,4 +305,5 @@ def test_cli_writes_each_figure_and_rejects_bad_heads(tmp_path, capsys):
 def test_default_geometry_training_separates_every_loss():
     for embedding_size in (2, 3):
         results = train_geometry_models(embedding_size=embedding_size)
-        assert {loss: result.accuracy > 0.97 for loss, result in results.items()} == dict.fromkeys(results, True)
+        # Held-out accuracy of digits 0-4 (measured: 98.2% to 99.8% in 2-D and 3-D).
+        assert {loss: result.accuracy > 0.95 for loss, result in results.items()} == dict.fromkeys(results, True)

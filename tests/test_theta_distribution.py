@@ -203,3 +203,19 @@ def test_logs_the_image_to_an_offline_wandb_run(tmp_path):
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
     images = list((run_dir / "files" / "media" / "images").glob("train/theta_distribution*.png"))
     assert len(images) == 1 and images[0].stat().st_size > 0
+
+
+def test_works_with_margin_module(tmp_path):
+    from lightning_margin import MarginModule
+
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 32))
+    module = MarginModule(
+        backbone, num_classes=NUM_CLASSES, embedding_size=EMBEDDING_SIZE, head="cosface", input_size=8
+    )
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(4 * BATCH, 3, 8, 8, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (4 * BATCH,), generator=generator)
+    callback = ThetaDistribution(stages=(0.0, 1.0), num_batches=1)
+    trainer(tmp_path, [callback], max_steps=4).fit(module, DataLoader(TensorDataset(images, labels), batch_size=BATCH))
+    assert callback.windows == {"start": (0, 1), "end": (3, 4)}
+    assert {stage: angles.numel() for stage, angles in callback.angles.items()} == {"start": BATCH, "end": BATCH}

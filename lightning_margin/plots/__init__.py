@@ -8,6 +8,7 @@ a :class:`matplotlib.figure.Figure` (Agg canvas; nothing is shown) and saves a P
 - :mod:`~lightning_margin.plots.geometry`: 2-D / 3-D feature geometry per loss (SphereFace, Figure 2).
 - :mod:`~lightning_margin.plots.theta_histogram`: θ distribution during training (ArcFace, Figure 7); recorded
   in training by :class:`~lightning_margin.callbacks.theta_distribution.ThetaDistribution`.
+- :mod:`~lightning_margin.plots.roc`: verification ROC curves of several models overlaid.
 
 ``lightning-margin plot {target-logits,decision-boundaries,geometry}`` draws them from the command line.
 """
@@ -21,6 +22,7 @@ from lightning_margin.plots.geometry import (
     plot_geometry,
     train_geometry_models,
 )
+from lightning_margin.plots.roc import plot_roc_curves
 from lightning_margin.plots.target_logits import (
     logit_unit,
     non_target_logit_curve,
@@ -41,6 +43,7 @@ __all__ = [
     "non_target_logit_curve",
     "plot_decision_boundaries",
     "plot_geometry",
+    "plot_roc_curves",
     "plot_target_logits",
     "plot_theta_histograms",
     "target_logit_curve",

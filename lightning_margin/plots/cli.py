@@ -96,6 +96,9 @@ def _build_parser() -> argparse.ArgumentParser:
     geometry.add_argument("--embedding-size", type=int, choices=(2, 3), default=2)
     geometry.add_argument("--classes", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="digits to train on")
     geometry.add_argument("--steps", type=int, default=2000, help="optimizer steps per loss")
+    geometry.add_argument(
+        "--holdout-fraction", type=float, default=0.5, help="share of each class kept out of training and drawn"
+    )
     geometry.add_argument("--seed", type=int, default=0)
     geometry.add_argument("--max-points-per-class", type=int, default=None, help="draw at most this many points")
 
@@ -156,12 +159,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 embedding_size=arguments.embedding_size,
                 classes=arguments.classes,
                 steps=arguments.steps,
+                holdout_fraction=arguments.holdout_fraction,
                 seed=arguments.seed,
                 head_kwargs={name: kwargs for name, kwargs in specs if kwargs},
             )
             plot_geometry(results, arguments.out, max_points_per_class=arguments.max_points_per_class, **title)
             for result in results.values():
-                print(f"{result.label}: training accuracy {result.accuracy:.1%}")
+                print(f"{result.label}: {result.split} accuracy {result.accuracy:.1%}")
     except ValueError as error:
         parser.error(str(error))  # exits with status 2 and the usage line, as for any bad argument
     print(f"wrote {arguments.out}")

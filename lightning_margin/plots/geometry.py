@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from torch import Tensor, nn
 
-from lightning_margin._validation import check_integer, check_positive
+from lightning_margin._validation import check_integer, check_positive, check_range
 from lightning_margin.heads import create_head
 from lightning_margin.plots._figure import CLASS_COLORS, new_figure, save_figure
 from lightning_margin.plots._heads import describe_head, rows_per_class
@@ -62,12 +62,14 @@ class GeometryResult:
     Attributes:
         loss: Registry name of the head (``"arcface"``).
         label: Panel title, e.g. ``"ArcFace (s=16, m=0.5)"``.
-        embeddings: ``[N, embedding_size]`` embeddings of all samples after training.
-        labels: ``[N]`` class indices in ``0 .. num_classes-1``.
+        embeddings: ``[N, embedding_size]`` embeddings after training, of all samples or the held-out ones.
+        labels: ``[N]`` their class indices in ``0 .. num_classes-1``.
         class_weights: The head's ``weight`` (``[num_classes * rows_per_class, embedding_size]``).
         rows_per_class: Weight rows per class (sub-centres).
-        accuracy: Fraction of samples whose inference logits (no margin) pick their own class.
+        accuracy: Fraction of these samples whose inference logits (no margin) pick their own class.
         class_names: Names of the classes, in label order.
+        split: ``"training"`` (the samples trained on) or ``"held-out"`` (samples kept out of training).
+        indices: ``[N]`` positions of these samples in the data (in the digits subset, in dataset order).
     """
 
     loss: str
@@ -78,6 +80,8 @@ class GeometryResult:
     rows_per_class: int
     accuracy: float
     class_names: list[str]
+    split: str = "training"
+    indices: Tensor | None = None
 
     @property
     def embedding_size(self) -> int:
@@ -144,6 +148,7 @@ def train_geometry_models(
     learning_rate: float = 3e-3,
     hidden_size: int = 64,
     head_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    holdout_fraction: float = 0.5,
     seed: int = 0,
 ) -> dict[str, GeometryResult]:
     """Train one tiny embedding network per loss and return what each learnt (SphereFace, Liu et al., 2017, Fig. 2).
@@ -163,7 +168,9 @@ def train_geometry_models(
         learning_rate: Adam's learning rate.
         hidden_size: Width of the two hidden layers.
         head_kwargs: Per-loss hyperparameters, merged over :data:`GEOMETRY_HEAD_KWARGS`.
-        seed: Seed of the initialisation and of the batches.
+        holdout_fraction: Fraction of each class kept out of training (chosen with ``seed``); the results hold,
+            and the accuracy is measured on, these held-out samples only. 0 trains on, and returns, every sample.
+        seed: Seed of the initialisation, of the batches and of the held-out split.
 
     Example:
         >>> results = train_geometry_models(("softmax", "arcface"), steps=200)  # doctest: +SKIP
@@ -180,6 +187,7 @@ def train_geometry_models(
     batch_size = check_integer("batch_size", batch_size)
     hidden_size = check_integer("hidden_size", hidden_size)
     learning_rate = check_positive("learning_rate", learning_rate)
+    holdout_fraction = check_range("holdout_fraction", holdout_fraction, 0.0, 1.0, high_inclusive=False)
     if data is None:
         features, labels, names = load_digits_subset(classes)
     else:
@@ -201,6 +209,10 @@ def train_geometry_models(
         loss: {**GEOMETRY_HEAD_KWARGS.get(loss, {}), **(head_kwargs or {}).get(loss, {})} for loss in losses
     }
 
+    shown = (
+        _holdout_mask(labels, holdout_fraction, seed) if holdout_fraction else torch.ones_like(labels, dtype=torch.bool)
+    )
+    trained = ~shown if holdout_fraction else shown
     results = {}
     with torch.random.fork_rng(devices=[]), _single_thread():
         torch.manual_seed(seed)
@@ -213,8 +225,8 @@ def train_geometry_models(
             _train(
                 network,
                 head,
-                features,
-                labels,
+                features[trained],
+                labels[trained],
                 steps=steps,
                 batch_size=batch_size,
                 learning_rate=learning_rate,
@@ -223,19 +235,32 @@ def train_geometry_models(
             network.eval()
             head.eval()
             with torch.no_grad():
-                embeddings = network(features)
-                accuracy = (head.logits(embeddings).argmax(dim=1) == labels).float().mean().item()
+                embeddings = network(features[shown])
+                accuracy = (head.logits(embeddings).argmax(dim=1) == labels[shown]).float().mean().item()
             results[loss] = GeometryResult(
                 loss=loss,
                 label=describe_head(head),
                 embeddings=embeddings,
-                labels=labels.clone(),
+                labels=labels[shown].clone(),
+                indices=shown.nonzero().flatten(),
                 class_weights=head.weight.detach().clone(),
                 rows_per_class=rows_per_class(head),
                 accuracy=accuracy,
                 class_names=list(names),
+                split="held-out" if holdout_fraction else "training",
             )
     return results
+
+
+def _holdout_mask(labels: Tensor, fraction: float, seed: int) -> Tensor:
+    """True for ``round(fraction * n_c)`` samples of each class ``c`` (at least one), chosen at random."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    for label in labels.unique():
+        members = (labels == label).nonzero().flatten()
+        count = min(max(round(fraction * members.numel()), 1), members.numel() - 1)
+        mask[members[torch.randperm(members.numel(), generator=generator)[:count]]] = True
+    return mask
 
 
 def _train(
@@ -303,9 +328,10 @@ def plot_geometry(
         embeddings, labels = _subsample(result, max_points_per_class)
         draw = _draw_sphere if size == 3 else _draw_plane
         draw(ax, embeddings, labels, result)
-        ax.set_title(
-            f"{result.label.replace(' (', chr(10) + '(', 1)}\ntrain acc {result.accuracy:.1%}", fontsize="small"
-        )
+        # Hyperparameters on their own line: long labels would run into the next panel.
+        name = result.label.replace(" (", "\n(", 1)
+        split = "train" if result.split == "training" else "held-out"
+        ax.set_title(f"{name}\n{split} acc {result.accuracy:.1%}", fontsize="small")
     handles = [
         Line2D([], [], marker="o", linestyle="", color=CLASS_COLORS[k % len(CLASS_COLORS)], label=name)
         for k, name in enumerate(next(iter(results.values())).class_names)
@@ -364,5 +390,5 @@ def _draw_sphere(ax: Any, embeddings: np.ndarray, labels: np.ndarray, result: Ge
         ax.plot(*([0.0, value] for value in direction), color=color, linewidth=2.0, gid="class-weight")
     for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
         setter(-1.0, 1.0)
-    ax.set_box_aspect((1, 1, 1))
+    ax.set_box_aspect((1, 1, 1), zoom=1.4)  # 3-D axes leave wide margins; the sphere can use them
     ax.set_axis_off()
