@@ -57,6 +57,7 @@ def theta_distribution(path: Path, steps: int, seed: int) -> None:
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
     )
     loader = DataLoader(TensorDataset(images, labels), batch_size=64, shuffle=True, drop_last=True)
+    recorder = ThetaDistribution(num_batches=10)
     trainer = pl.Trainer(
         accelerator="cpu",
         max_steps=steps,
@@ -65,10 +66,10 @@ def theta_distribution(path: Path, steps: int, seed: int) -> None:
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[ThetaDistribution(num_batches=10)],
+        callbacks=[recorder],
     )
     trainer.fit(model, loader)
-    figure = trainer.callbacks[0].plot()
+    figure = recorder.plot()
     figure.axes[0].set_title(f"θ distribution during training (ArcFace, 32-D, digits, {steps} steps)")
     figure.savefig(path, dpi=100)
 

@@ -43,14 +43,13 @@ class TinyModule(pl.LightningModule):
             return loss
         return {"loss": loss, "embeddings": embeddings.detach(), "labels": labels}
 
+    def on_train_batch_start(self, batch, batch_idx):
+        self.weight_before_step = self.head.weight.detach().clone()
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        # global_step has already moved past this batch's optimizer step; the weight is the updated one.
+        # global_step has already moved past this batch's optimizer step.
         step = self.trainer.global_step - 1
-        self.records[step] = (
-            outputs["embeddings"].clone(),
-            outputs["labels"].clone(),
-            self.head.weight.detach().clone(),
-        )
+        self.records[step] = (outputs["embeddings"].clone(), outputs["labels"].clone(), self.weight_before_step)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.5)

@@ -34,8 +34,9 @@ class ThetaDistribution(Callback):
     ``round(f * (total - num_batches))``, where ``total`` is ``trainer.estimated_stepping_batches`` (from
     ``max_steps``, or ``max_epochs`` times the batches per epoch): ``0`` is the first ``num_batches`` steps, ``1``
     the last ones. The angle of each embedding of those steps to its class centre (``head.weight[label]``, the
-    nearest sub-centre for sub-center heads; the weight as it is right after that step) is kept, up to
-    ``max_samples`` per stage.
+    nearest sub-centre for sub-center heads) is kept, up to ``max_samples`` per stage. The centre is the weight
+    the loss saw, from before that step's update (a copy of ``head.weight`` is held for the duration of each
+    recorded step): early on a single update can turn a small-norm centre by tens of degrees.
 
     At the end of training the histograms (one curve per stage) are drawn with
     :func:`~lightning_margin.plots.plot_theta_histograms`, saved to ``save_path`` if given, and logged as an image
@@ -86,6 +87,7 @@ class ThetaDistribution(Callback):
         self.angles: dict[str, Tensor] = {self.stage_name(stage): torch.empty(0) for stage in self.stages}
         self.windows: dict[str, tuple[int, int]] = {}
         self._step: int | None = None
+        self._weight: Tensor | None = None
 
     @staticmethod
     def stage_name(fraction: float) -> str:
@@ -119,17 +121,23 @@ class ThetaDistribution(Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
         # global_step is the index of the optimizer step this batch contributes to (it moves after the step).
         self._step = trainer.global_step
+        self._weight = None
+        if self._recording_stages():
+            self._weight = self._head(pl_module).weight.detach().clone()
 
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
+    def _recording_stages(self) -> list[str]:
         step = self._step
-        stages = [
+        return [
             name
             for name, (start, stop) in self.windows.items()
             if step is not None and start <= step < stop and self.angles[name].numel() < self.max_samples
         ]
-        if not stages:
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        stages = self._recording_stages()
+        if not stages or self._weight is None:
             return
         if not isinstance(outputs, dict) or "embeddings" not in outputs or "labels" not in outputs:
             raise ValueError(
@@ -138,7 +146,8 @@ class ThetaDistribution(Callback):
                 f"{sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__}"
             )
         head = self._head(pl_module)
-        angles = class_center_angles(outputs["embeddings"], outputs["labels"], head.weight, rows_per_class(head))
+        weight, self._weight = self._weight, None
+        angles = class_center_angles(outputs["embeddings"], outputs["labels"], weight, rows_per_class(head))
         angles = angles.float().cpu()
         for name in stages:
             room = self.max_samples - self.angles[name].numel()
