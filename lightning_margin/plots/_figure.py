@@ -1,15 +1,14 @@
-"""Figure plumbing shared by every plot: a pyplot-free Agg figure, PNG saving, and rendering to pixels."""
+"""Figure plumbing shared by every plot: a pyplot-free Agg figure and PNG saving."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["figure_to_array", "new_figure", "save_figure"]
+__all__ = ["CLASS_COLORS", "new_figure", "save_figure"]
 
 # The default colour cycle, repeated by index so that class k has the same colour in every panel.
 CLASS_COLORS = [f"C{index}" for index in range(10)]
@@ -36,11 +35,3 @@ def save_figure(figure: Figure, path: str | os.PathLike[str] | None, *, dpi: int
         raise ValueError(f"figures are saved as PNG; `path` must end in .png, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=dpi, format="png")
-
-
-def figure_to_array(figure: Figure, *, dpi: int = 100) -> np.ndarray:
-    """The rendered figure as an ``[H, W, 3]`` uint8 RGB array (what TensorBoard and wandb take as an image)."""
-    figure.set_dpi(dpi)
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
