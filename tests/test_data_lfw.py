@@ -175,3 +175,17 @@ def test_bad_split_and_missing_folder(tmp_path: Path) -> None:
         LFWPeople(tmp_path, "train")
     with pytest.raises(FileNotFoundError, match="lfw-deepfunneled does not exist"):
         LFWPairs(tmp_path, "dev_test")
+
+
+def test_view1_pairs_are_interleaved_so_every_consecutive_fold_mixes_both_kinds(lfw_root):
+    from lightning_margin.data.lfw import read_pairs_list
+
+    pairs = LFWPairs(lfw_root, "dev_test", check_files=False)
+    in_file = read_pairs_list(lfw_root / "pairsDevTest.txt")
+    assert pairs.issame[:4] == [True, False, True, False]
+    assert sorted(map(repr, pairs.pairs)) == sorted(map(repr, in_file))  # the same pairs, reordered
+    assert [p for p in pairs.pairs if p.issame] == [p for p in in_file if p.issame]  # each kind keeps its order
+    folds = [pairs.issame[i * 100 : (i + 1) * 100] for i in range(10)]
+    assert all(sum(fold) == 50 for fold in folds)
+    view2 = LFWPairs(lfw_root, "10fold", check_files=False)
+    assert view2.pairs == read_pairs_list(lfw_root / "pairs.txt")  # View 2 keeps the official fold order

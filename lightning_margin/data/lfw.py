@@ -383,6 +383,11 @@ class LFWPairs(Dataset):
         issame: One bool per pair.
         fold: For ``"10fold"``, the official fold (0-9) of each pair; ``None`` otherwise.
 
+    Pair order: View 2 (``"10fold"``) keeps the file's order, whose consecutive blocks of 600 are the official
+    folds, each mixing 300 same and 300 different pairs. The View 1 files list all same pairs first, so their
+    consecutive folds would each hold one kind only and the k-fold accuracy protocol would be biased; View 1 pairs
+    are therefore served interleaved (same, different, same, ...; each kind in file order).
+
     Raises:
         ValueError: on an unknown split or a malformed list file (file and line named).
         FileNotFoundError: if the images folder, the list file or (with ``check_files``) an image is missing.
@@ -408,6 +413,8 @@ class LFWPairs(Dataset):
         self._folder = str(self.images_folder)
         self.list_file = self.root / LFW_PAIRS_FILES[split]
         self.pairs = read_pairs_list(self.list_file)
+        if split != "10fold":
+            self.pairs = _interleave_same_and_different(self.pairs)
         self.issame = [pair.issame for pair in self.pairs]
         self.fold: list[int] | None = [pair.fold for pair in self.pairs] if split == "10fold" else None
         if check_files:
@@ -437,3 +444,12 @@ class LFWPairs(Dataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, {self.split!r}, pairs={len(self)})"
+
+
+def _interleave_same_and_different(pairs: list[PairEntry]) -> list[PairEntry]:
+    """Alternate same and different pairs (each kind in its file order), the rest of the longer kind at the end."""
+    same = [pair for pair in pairs if pair.issame]
+    different = [pair for pair in pairs if not pair.issame]
+    mixed = [pair for couple in zip(same, different, strict=False) for pair in couple]
+    longer = same if len(same) > len(different) else different
+    return mixed + longer[len(mixed) // 2 :]
