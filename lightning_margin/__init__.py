@@ -1,6 +1,7 @@
 """lightning-margin: angular-margin face-recognition heads, backbones and a model zoo for PyTorch Lightning."""
 
 from lightning_margin import backbones, callbacks, functional  # backbones: registers iresnet*/mobilefacenet in timm
+from lightning_margin.embedder import FaceEmbedder
 from lightning_margin.heads import (
     AdaFace,
     ArcFace,
@@ -29,6 +30,7 @@ __all__ = [
     "CombinedMargin",
     "CosFace",
     "CurricularFace",
+    "FaceEmbedder",
     "LSoftmax",
     "MagFace",
     "MarginHead",
