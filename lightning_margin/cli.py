@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from lightning_margin.module import MarginModule
 
@@ -28,8 +29,24 @@ TOOLS: dict[str, tuple[str, str]] = {
 }
 
 
+class LoggedConfig(SaveConfigCallback):
+    """Saves the resolved config to the log dir (as LightningCLI does) and to every logger (wandb, TensorBoard)."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        config = self.parser.dump(self.config, skip_none=False)  # the exact YAML that reproduces the run
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+
+
 class MarginCLI(LightningCLI):
-    """LightningCLI with the datamodule's ``num_classes`` linked into the model, so configs never repeat it."""
+    """LightningCLI with the datamodule's ``num_classes`` linked into the model, so configs never repeat it.
+
+    The resolved config is saved next to the logs and logged to every logger (:class:`LoggedConfig`).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("save_config_callback", LoggedConfig)
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from lightning_margin.module import MarginModule
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "FaceEmbedder", "ImageInput"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "FaceEmbedder", "ImageInput", "preprocessing_from_data"]
 
 #: File names inside an exported folder / Hub repository.
 CONFIG_NAME = "config.json"
@@ -60,6 +60,30 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return repr(value)
+
+
+def preprocessing_from_data(
+    data: Mapping[str, Any], model_hyperparameters: Mapping[str, Any], origin: str = "the model"
+) -> dict[str, Any]:
+    """The embedder's preprocessing from a :class:`~lightning_margin.data.FaceDataModule`'s hyperparameters.
+
+    The training source decides the crop: ``lfw_crop_size`` for LFW, none for synthetic faces, ``crop_size``
+    otherwise. ``ValueError`` if the data module's ``image_size`` differs from the model's ``input_size``.
+    """
+    image_size = data.get("image_size", model_hyperparameters.get("input_size"))
+    if image_size != model_hyperparameters.get("input_size"):
+        raise ValueError(
+            f"{origin}: the data module's image_size={image_size!r} differs from the model's "
+            f"input_size={model_hyperparameters.get('input_size')!r}; the embedder needs one square input size"
+        )
+    kind = parse_source(str(data.get("train", "synthetic")), "training").kind
+    lfw_crop = data.get("lfw_crop_size", LFW_CROP_SIZE)
+    return {
+        "crop_size": lfw_crop if kind == "lfw" else None if kind == "synthetic" else data.get("crop_size"),
+        "lfw_crop_size": lfw_crop,
+        "mean": data.get("mean", (0.5, 0.5, 0.5)),
+        "std": data.get("std", (0.5, 0.5, 0.5)),
+    }
 
 
 class FaceEmbedder(
@@ -323,20 +347,7 @@ class FaceEmbedder(
         data = checkpoint.get("datamodule_hyper_parameters")
         settings: dict[str, Any] = {}
         if data:
-            image_size = data.get("image_size", hyperparameters.get("input_size"))
-            if image_size != hyperparameters.get("input_size"):
-                raise ValueError(
-                    f"{path}: the data module's image_size={image_size!r} differs from the model's "
-                    f"input_size={hyperparameters.get('input_size')!r}; the embedder needs one square input size"
-                )
-            kind = parse_source(str(data.get("train", "synthetic")), "training").kind
-            lfw_crop = data.get("lfw_crop_size", LFW_CROP_SIZE)
-            settings = {
-                "crop_size": lfw_crop if kind == "lfw" else None if kind == "synthetic" else data.get("crop_size"),
-                "lfw_crop_size": lfw_crop,
-                "mean": data.get("mean", (0.5, 0.5, 0.5)),
-                "std": data.get("std", (0.5, 0.5, 0.5)),
-            }
+            settings = preprocessing_from_data(data, hyperparameters, str(path))
         elif not preprocessing:
             warnings.warn(
                 f"{path} has no datamodule_hyper_parameters (not trained with FaceDataModule): the embedder records "

@@ -1,8 +1,15 @@
-"""Lightning callbacks: hyperparameter schedules for the heads and the θ-distribution recorder."""
+"""Lightning callbacks: hyperparameter schedules for the heads, the θ-distribution recorder, embedder export."""
 
+from lightning_margin.callbacks.embedder_artifact import EmbedderArtifact
 from lightning_margin.callbacks.hyperparameter_schedule import HeadHyperparameterSchedule
 from lightning_margin.callbacks.margin_scheduler import MarginScheduler
 from lightning_margin.callbacks.sphereface_annealing import SphereFaceAnnealing
 from lightning_margin.callbacks.theta_distribution import ThetaDistribution
 
-__all__ = ["HeadHyperparameterSchedule", "MarginScheduler", "SphereFaceAnnealing", "ThetaDistribution"]
+__all__ = [
+    "EmbedderArtifact",
+    "HeadHyperparameterSchedule",
+    "MarginScheduler",
+    "SphereFaceAnnealing",
+    "ThetaDistribution",
+]
