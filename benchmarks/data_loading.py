@@ -7,6 +7,8 @@ script times exactly that, in one process with one torch thread, for
   the least any pipeline must do to get pixels;
 * ``RecordIODataset`` and ``LFWPeople`` with no transform (read + decode only) and with the training
   ``FaceTransform`` (LFW: 150 px centre crop, resize to 112, random flip, normalisation to [-1, 1]);
+* the same with ``FaceDataModule(normalize_on_device=True)``'s worker transform (crop + resize only, ``uint8``
+  out; the flip and the normalisation then run per batch on the training device);
 * the same for an aligned 112x112 RecordIO set (what MS1MV2-style sets hold: no crop, no resize), built by
   re-encoding the LFW crops, against a bare decode of those bytes;
 * the transform's stages alone, on already decoded images, to show where the time goes.
@@ -113,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     size = arguments.image_size
     train = FaceTransform(size, LFW_CROP_SIZE, flip_probability=0.5)
     aligned_train = FaceTransform(size, None, flip_probability=0.5)
+    # What the workers do with FaceDataModule(normalize_on_device=True): flip and normalisation move to the device.
+    worker = FaceTransform(size, LFW_CROP_SIZE, normalize=False)
+    aligned_worker = FaceTransform(size, None, normalize=False)
     lfw = LFWPeople(Path(arguments.data_root) / "lfw", "dev_train", transform=train)
     lfw_plain = LFWPeople(Path(arguments.data_root) / "lfw", "dev_train")
     count = min(arguments.num_images, len(lfw))
@@ -130,14 +135,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = RecordIODataset(Path(folder) / "lfw" / "train.rec", transform=train)
         record_plain = RecordIODataset(Path(folder) / "lfw" / "train.rec")
         record_aligned = RecordIODataset(Path(folder) / "aligned" / "train.rec", transform=aligned_train)
+        record_worker = RecordIODataset(Path(folder) / "lfw" / "train.rec", transform=worker)
+        lfw_worker = LFWPeople(Path(arguments.data_root) / "lfw", "dev_train", transform=worker)
+        aligned_record_worker = RecordIODataset(Path(folder) / "aligned" / "train.rec", transform=aligned_worker)
         pipelines = {
             "LFW 250x250 JPEG: bare decode": bare_decode(images),
             "RecordIODataset, no transform": dataset_loop(record_plain, count),
             "RecordIODataset + FaceTransform": dataset_loop(record, count),
+            "RecordIODataset + worker transform (normalize_on_device)": dataset_loop(record_worker, count),
             "LFWPeople, no transform": dataset_loop(lfw_plain, count),
             "LFWPeople + FaceTransform": dataset_loop(lfw, count),
+            "LFWPeople + worker transform (normalize_on_device)": dataset_loop(lfw_worker, count),
             f"aligned {size}x{size} JPEG: bare decode": bare_decode(aligned),
             "RecordIODataset (aligned) + FaceTransform": dataset_loop(record_aligned, count),
+            "RecordIODataset (aligned) + worker transform (normalize_on_device)": dataset_loop(
+                aligned_record_worker, count
+            ),
             f"stage: resize 150 -> {size} (uint8)": stage_loop(lambda image: resize(image, size), crops),
             "stage: horizontal flip (uint8)": stage_loop(horizontal_flip, resized),
             "stage: normalise to [-1, 1] (float32)": stage_loop(normalize, resized),

@@ -311,3 +311,45 @@ def test_verification_batches_carry_the_pair_index_only_when_distributed() -> No
     plain = data.val_datasets()["s"]
     assert issame.tolist() == [plain.issame[i] for i in (1, 3, 5)]
     assert torch.equal(first[0], plain[1][0])
+
+
+def test_normalize_on_device_ships_uint8_and_normalises_after_transfer_like_the_workers_would():
+    from lightning_margin.data import FaceDataModule
+
+    common = {
+        "train": "synthetic:4",
+        "val_sets": {"s": "synthetic:20"},
+        "image_size": 16,
+        "batch_size": 8,
+        "num_workers": 0,
+    }
+    on_host = FaceDataModule(**common, flip_probability=0.0)
+    on_device = FaceDataModule(**common, flip_probability=0.0, normalize_on_device=True)
+    torch.manual_seed(0)
+    host_images, host_labels = next(iter(on_host.train_dataloader()))
+    torch.manual_seed(0)
+    raw_images, raw_labels = next(iter(on_device.train_dataloader()))
+    assert raw_images.dtype == torch.uint8 and torch.equal(raw_labels, host_labels)
+    images, labels = on_device.on_after_batch_transfer((raw_images, raw_labels), 0)
+    assert torch.equal(labels, raw_labels)
+    # (x / 255 - 0.5) / 0.5, written out: the same tensor the per-image path produced.
+    torch.testing.assert_close(images, raw_images.float() / 127.5 - 1.0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(images, host_images, rtol=0, atol=1e-6)
+    pairs = next(iter(on_device.val_dataloader()[0]))
+    normalised = on_device.on_after_batch_transfer(pairs, 0)
+    assert normalised[0].dtype == torch.float32 and torch.equal(normalised[2], pairs[2])
+
+
+def test_normalize_batch_flips_about_the_requested_fraction_and_only_left_right():
+    from lightning_margin.data import normalize_batch
+
+    images = torch.arange(4, dtype=torch.uint8).view(1, 1, 1, 4).repeat(2000, 3, 2, 1)
+    torch.manual_seed(0)
+    out = normalize_batch(images, flip_probability=0.3)
+    flipped = out[:, 0, 0, 0] > out[:, 0, 0, -1]
+    assert 0.26 < flipped.float().mean().item() < 0.34
+    expected = torch.tensor([0.0, 1.0, 2.0, 3.0]) / 127.5 - 1.0
+    torch.testing.assert_close(out[~flipped][:, 1, 1], expected.expand(int((~flipped).sum()), 4))
+    torch.testing.assert_close(out[flipped][:, 2, 0], expected.flip(0).expand(int(flipped.sum()), 4))
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_batch(images.float())

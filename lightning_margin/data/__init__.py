@@ -65,6 +65,7 @@ from lightning_margin.data.transforms import (
     decode_and_transform,
     horizontal_flip,
     normalize,
+    normalize_batch,
     preprocess_face,
     resize,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "lfw_image_path",
     "md5sum",
     "normalize",
+    "normalize_batch",
     "pack_image_folder",
     "pack_pairs_bin",
     "pack_record",

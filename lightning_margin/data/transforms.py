@@ -31,6 +31,7 @@ __all__ = [
     "decode_and_transform",
     "horizontal_flip",
     "normalize",
+    "normalize_batch",
     "preprocess_face",
     "resize",
 ]
@@ -152,6 +153,31 @@ def _affine(image: Tensor, offset: float | Tensor, scale: float | Tensor) -> Ten
     return torch.sub(image, offset).mul_(scale)
 
 
+def normalize_batch(
+    images: Tensor,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+    flip_probability: float = 0.0,
+) -> Tensor:
+    """:func:`normalize` and random mirroring for a whole ``uint8`` batch ``[B, 3, H, W]``, on its device.
+
+    What :class:`FaceTransform` does per image, done once per batch after the host-to-device copy: the loader
+    workers then only decode, crop and resize, and ship ``uint8`` (a quarter of the bytes of float32). Each image
+    is mirrored with probability ``flip_probability`` (torch's global RNG on the batch's device).
+
+    Example:
+        >>> normalize_batch(torch.tensor([[[[0, 255]]] * 3], dtype=torch.uint8))[0, 0]
+        tensor([[-1.,  1.]])
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"normalize_batch expects uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    if flip_probability > 0:
+        flip = torch.rand(images.shape[0], device=images.device) < flip_probability
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    offset, scale = _affine_parameters(mean, std, images.device)
+    return _affine(images, offset, scale)
+
+
 def preprocess_face(
     image: Tensor,
     image_size: int | Sequence[int],
@@ -200,6 +226,8 @@ class FaceTransform:
         mean: Per-channel mean in ``[0, 1]`` units (see :func:`normalize`).
         std: Per-channel standard deviation in ``[0, 1]`` units.
         flip_probability: Probability of mirroring each image (0.5 for training, 0 for evaluation).
+        normalize: Return float ``[-1, 1]`` images; ``False`` returns the resized ``uint8`` image, to be normalised
+            per batch on the device by :func:`normalize_batch` (4x less to collate, pin and copy).
 
     Example:
         >>> transform = FaceTransform(image_size=112, crop_size=LFW_CROP_SIZE, flip_probability=0.5)
@@ -214,6 +242,7 @@ class FaceTransform:
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         flip_probability: float = 0.0,
+        normalize: bool = True,
     ) -> None:
         self.image_size = _pair(image_size, "image_size")
         self.crop_size = None if crop_size is None else _pair(crop_size, "crop_size")
@@ -226,6 +255,7 @@ class FaceTransform:
         self.mean = tuple(float(value) for value in mean)
         self.std = tuple(float(value) for value in std)
         self.flip_probability = float(flip_probability)
+        self.normalize = bool(normalize)
         self._offset, self._scale = _affine_parameters(self.mean, self.std)
 
     def _finish(self, image: Tensor) -> Tensor:
@@ -233,7 +263,7 @@ class FaceTransform:
         # torch's RNG: DataLoader seeds it differently in every worker, so flips are not repeated across workers.
         if self.flip_probability > 0 and torch.rand(()).item() < self.flip_probability:
             image = horizontal_flip(image)
-        return _affine(image, self._offset, self._scale)
+        return _affine(image, self._offset, self._scale) if self.normalize else image
 
     def __call__(self, image: Tensor) -> Tensor:
         if self.crop_size is not None:
@@ -251,7 +281,7 @@ class FaceTransform:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(image_size={self.image_size}, crop_size={self.crop_size}, mean={self.mean}, "
-            f"std={self.std}, flip_probability={self.flip_probability})"
+            f"std={self.std}, flip_probability={self.flip_probability}, normalize={self.normalize})"
         )
 
 
