@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lightning_margin.heads import ArcFace, create_head, list_heads
 from lightning_margin.parallel import ChunkedMarginHead, TensorMemoryTracker
-from lightning_margin.parallel.functional import chunked_logsumexp, fused_cosine_logits
+from lightning_margin.parallel.functional import chunked_logsumexp, fused_cosine_logits, target_cosine
 
 # Values that keep every head in a regime where its margin matters (and LSoftmax/SphereFace's lambda is finite).
 HEAD_KWARGS = {
@@ -51,26 +51,31 @@ def test_chunked_loss_and_gradients_equal_the_plain_head(name, chunk_size):
         torch.testing.assert_close(other, buffer, **CLOSE, msg=f"running buffer {key}")
 
 
-def test_chunked_logsumexp_matches_an_explicit_logsumexp_with_replaced_targets_and_passes_gradcheck():
+@pytest.mark.parametrize("chunk_size", [None, 1, 2, 5])
+def test_chunked_logsumexp_equals_an_explicit_masked_logsumexp_and_passes_gradcheck(chunk_size):
     torch.manual_seed(1)
     features = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(8, 3, dtype=torch.float64, requires_grad=True)
-    targets = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(8, dtype=torch.float64, requires_grad=True)
     index = torch.tensor([0, 2, 3, 6, 7])  # a Partial FC sample of 5 of the 8 classes
-    columns = torch.tensor([1, -1, 4, 0, -1])  # rows 1 and 4: their class is not in this block (another shard)
+    excluded = torch.tensor([1, -1, 4, 0, -1])  # rows 1 and 4: nothing left out (their class is elsewhere)
+    gather = torch.tensor([2, 5, 7, 0, 1])
 
-    def lean(features, weight, targets):
-        return chunked_logsumexp(
-            lambda f, w: f @ w.T, features, [weight], targets, columns, num_classes=5, chunk_size=2,
-            class_index=index, rows_per_class=[1],
+    def lean(features, weight, bias):
+        lse, (weight_rows, bias_rows) = chunked_logsumexp(
+            lambda f, w, b: f @ w.T + b, features, [weight, bias], num_classes=5, chunk_size=chunk_size,
+            class_index=index, rows_per_class=[1, 1], exclude_columns=excluded, gather_classes=gather,
         )  # fmt: skip
+        # The gathered rows take part in the result, so gradcheck also checks their gradient path.
+        return lse + (weight_rows**2).sum(dim=1) + bias_rows
 
-    logits = (features @ weight[index].T).clone()
-    for row, column in enumerate(columns.tolist()):
+    logits = (features @ weight[index].T + bias[index]).clone()
+    for row, column in enumerate(excluded.tolist()):
         if column >= 0:
-            logits[row, column] = targets[row]
-    torch.testing.assert_close(lean(features, weight, targets), torch.logsumexp(logits, dim=1), **CLOSE)
-    assert torch.autograd.gradcheck(lean, (features, weight, targets))
+            logits[row, column] = float("-inf")
+    expected = torch.logsumexp(logits, dim=1) + (weight[gather] ** 2).sum(dim=1) + bias[gather]
+    torch.testing.assert_close(lean(features, weight, bias), expected, **CLOSE)
+    assert torch.autograd.gradcheck(lean, (features, weight, bias))
 
 
 def test_fused_cosine_logits_equal_normalised_products_with_the_same_gradients():
@@ -90,6 +95,25 @@ def test_fused_cosine_logits_equal_normalised_products_with_the_same_gradients()
         torch.testing.assert_close(got, want, **CLOSE)
     nonzero = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w: fused_cosine_logits(x, w, 3.0), (embeddings, nonzero))
+
+
+def test_sparse_row_target_cosine_equals_the_dense_formula_and_accumulates_into_a_dense_gradient():
+    torch.manual_seed(4)
+    embeddings = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 8, 8, 3, 0, 5])  # repeated labels: their row gradients must add up
+    expected = (F.normalize(embeddings, dim=1) * F.normalize(weight[labels], dim=1)).sum(dim=1)
+
+    def dense_use():  # a dense path into the same weight, as the cosine logits are
+        return (weight**2).sum()
+
+    expected_grads = torch.autograd.grad(expected.sum() + dense_use(), (embeddings, weight))
+    got = target_cosine(embeddings, weight, labels)
+    torch.testing.assert_close(got, expected, **CLOSE)
+    got_grads = torch.autograd.grad(got.sum() + dense_use(), (embeddings, weight))
+    assert not got_grads[1].is_sparse
+    for grad, want in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, want, **CLOSE)
 
 
 def test_the_chunked_loss_never_allocates_the_batch_by_classes_logits():

@@ -12,13 +12,28 @@ from torch.utils._pytree import tree_leaves
 __all__ = ["TensorMemoryTracker"]
 
 
+def _dense_parts(leaves) -> list[torch.Tensor]:
+    """The strided tensors among ``leaves``, with sparse COO tensors replaced by their indices and values."""
+    parts = []
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            parts += [leaf._indices(), leaf._values()] if leaf.layout == torch.sparse_coo else [leaf]
+    return [part for part in parts if part.layout == torch.strided]
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[torch.device, int]:
+    storage = tensor.untyped_storage()
+    return storage.device, storage.data_ptr()
+
+
 class TensorMemoryTracker(TorchDispatchMode):
     """Record the peak of live tensor bytes created inside the ``with`` block (forward and backward alike).
 
     CUDA has ``torch.cuda.max_memory_allocated``; the CPU allocator keeps no such statistics. This dispatch mode
-    sees the output of every operator, counts each new storage once and drops it when its weak reference
-    expires, so ``peak_bytes`` is the largest total of tensor storages alive at once that were created inside
-    the block (tensors that existed before it, such as parameters, are not counted). Kernel-internal scratch
+    sees the output of every operator, counts each new storage once (not views, in-place or ``out=`` results,
+    which share an input's storage) and drops it when its weak reference expires, so ``peak_bytes`` is the largest
+    total of tensor storages alive at once that were created inside the block (tensors that existed before it,
+    such as parameters, are not counted). Kernel-internal scratch
     buffers are not tensors and are not counted. It slows every operator a little: measure memory and time in
     separate runs.
 
@@ -52,12 +67,14 @@ class TensorMemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         output = func(*args, **(kwargs or {}))
         self._sweep()
-        for tensor in tree_leaves(output):
-            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+        # Views, in-place and out= results share an input's storage: only other storages are new allocations.
+        inputs = {_storage_key(t) for t in _dense_parts(tree_leaves((args, kwargs)))}
+        for tensor in _dense_parts(tree_leaves(output)):
+            if tensor.device.type == "meta":
                 continue
             storage = tensor.untyped_storage()
-            key = (storage.device, storage.data_ptr())
-            if key in self._live or storage.nbytes() == 0:
+            key = _storage_key(tensor)
+            if key in self._live or key in inputs or storage.nbytes() == 0:
                 continue
             self._live[key] = (StorageWeakRef(storage), storage.nbytes())
             self.current_bytes += storage.nbytes()

@@ -1,12 +1,11 @@
 """Pure functions behind the scalable heads: collectives, the sharded / sampled / chunked margin loss, fast cosines."""
 
-from lightning_margin.parallel.functional.chunked import chunked_logsumexp, class_rows
-from lightning_margin.parallel.functional.cosine import fused_cosine_logits
+from lightning_margin.parallel.functional.chunked import chunked_logsumexp, class_rows, row_ids
+from lightning_margin.parallel.functional.cosine import fused_cosine_logits, gather_rows, target_cosine
 from lightning_margin.parallel.functional.distributed import (
     all_gather_rows,
     all_gather_with_grad,
     all_logsumexp,
-    all_reduce_sum,
     check_inputs_on_every_rank,
     rank_and_world_size,
     shard_bounds,
@@ -19,15 +18,17 @@ __all__ = [
     "all_gather_rows",
     "all_gather_with_grad",
     "all_logsumexp",
-    "all_reduce_sum",
     "check_inputs_on_every_rank",
     "check_sample_rate",
     "chunked_logsumexp",
     "class_rows",
     "fused_cosine_logits",
+    "gather_rows",
     "num_sampled_classes",
     "rank_and_world_size",
+    "row_ids",
     "sample_classes",
     "shard_bounds",
     "sharded_margin_cross_entropy",
+    "target_cosine",
 ]

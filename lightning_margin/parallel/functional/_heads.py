@@ -48,14 +48,15 @@ class HeadPieces:
             logits = logits.view(features.shape[0], -1, self.rows_per_class).amax(dim=2)
         return logits
 
-    def target_cosine(self, x: Tensor, local_labels: Tensor) -> Tensor:
-        """``cos theta_y`` from the true class's rows (the maximum over sub-centres)."""
-        rows = self.head.weight.to(x.dtype).view(-1, self.rows_per_class, x.shape[1])[local_labels]
-        return (F.normalize(rows, dim=2) @ F.normalize(x, dim=1).unsqueeze(2)).squeeze(2).amax(dim=1)
+    def target_inputs(self, x: Tensor, rows: list[Tensor]) -> Tensor:
+        """``[B, k]``: what the true-class logit needs from the true class's parameter rows (``rows``: for each
+        parameter, the rows of every embedding's true class), computed where those rows live.
 
-    def target_inputs(self, x: Tensor, local_labels: Tensor) -> Tensor:
-        """``[B, k]``: what the true-class logit needs from the true class's rows (computed where they live)."""
-        return self.target_cosine(x, local_labels).unsqueeze(1)
+        Here ``cos theta_y``: the maximum over the sub-centres.
+        """
+        weight = rows[0].to(x.dtype).view(x.shape[0], self.rows_per_class, x.shape[1])
+        cos = (F.normalize(weight, dim=2) @ F.normalize(x, dim=1).unsqueeze(2)).squeeze(2)
+        return cos.amax(dim=1, keepdim=True)
 
     def target_logits(self, inputs: Tensor, x: Tensor, labels: Tensor) -> Tensor:
         """The margin-penalised true-class logits ``[B]`` from :meth:`target_inputs` of every row."""
@@ -67,7 +68,7 @@ class HeadPieces:
         self.head._update_statistics(x, labels)
 
     def prepare(self, target_logits: Tensor) -> None:
-        """Receive the target logits of every row before any block is computed."""
+        """Receive the target logits of every row (values, no gradient) before any block is computed."""
 
     def regularizer(self, x: Tensor) -> Tensor | float:
         return self.head._regularizer(x)
@@ -111,10 +112,10 @@ class _LinearPieces(HeadPieces):
     def block_logits(self, features: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return F.linear(features, weight.to(features.dtype), None if bias is None else bias.to(features.dtype))
 
-    def target_inputs(self, x: Tensor, local_labels: Tensor) -> Tensor:
-        logit = (x * self.head.weight.to(x.dtype)[local_labels]).sum(dim=1)
-        if self.head.bias is not None:
-            logit = logit + self.head.bias.to(x.dtype)[local_labels]
+    def target_inputs(self, x: Tensor, rows: list[Tensor]) -> Tensor:
+        logit = (x * rows[0].to(x.dtype)).sum(dim=1)
+        if len(rows) > 1:
+            logit = logit + rows[1].to(x.dtype)
         return logit.unsqueeze(1)
 
     def target_logits(self, inputs: Tensor, x: Tensor, labels: Tensor) -> Tensor:
@@ -132,10 +133,10 @@ class _LSoftmaxPieces(_LinearPieces):
     def parameters(self) -> list[Tensor]:
         return [self.head.weight]
 
-    def target_inputs(self, x: Tensor, local_labels: Tensor) -> Tensor:
-        rows = self.head.weight.to(x.dtype)[local_labels]
-        cos = (F.normalize(x, dim=1) * F.normalize(rows, dim=1)).sum(dim=1)
-        return torch.stack([cos, rows.norm(dim=1)], dim=1)
+    def target_inputs(self, x: Tensor, rows: list[Tensor]) -> Tensor:
+        weight = rows[0].to(x.dtype)
+        cos = (F.normalize(x, dim=1) * F.normalize(weight, dim=1)).sum(dim=1)
+        return torch.stack([cos, weight.norm(dim=1)], dim=1)
 
     def target_logits(self, inputs: Tensor, x: Tensor, labels: Tensor) -> Tensor:
         cos, row_norms = inputs[:, 0].clamp(-1.0, 1.0), inputs[:, 1]

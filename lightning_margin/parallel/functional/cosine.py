@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["fused_cosine_logits"]
+__all__ = ["fused_cosine_logits", "gather_rows", "target_cosine"]
 
 # F.normalize's floor on a norm: rows shorter than this are treated as having this norm.
 _NORM_EPS = 1e-12
-# Size of the reused [B, block] buffer in backward (4 Mi elements: 16 MiB in float32).
-_BLOCK_ELEMENTS = 1 << 22
+# Size of the reused [B, block] buffer of the CPU backward (1 Mi elements: 4 MiB in float32).
+_BLOCK_ELEMENTS = 1 << 20
 
 
 class _FusedCosineLogits(torch.autograd.Function):
@@ -39,10 +39,13 @@ class _FusedCosineLogits(torch.autograd.Function):
         need_features, need_weight = ctx.needs_input_grad[:2]
         grad_features = torch.zeros_like(features) if need_features else None
         grad_weight = torch.empty_like(weight) if need_weight else None
-        # grad / ||W_j|| is formed a block of columns at a time in one reused buffer: a fresh [B, C] temporary
-        # would cost as much as a matrix product on CPU (page faults) and needless memory on GPU.
+        # On CPU, grad / ||W_j|| is formed a block of columns at a time in one reused buffer: a fresh [B, C]
+        # temporary costs about as much as a matrix product there (page faults of a new allocation). Caching
+        # allocators (CUDA) make the temporary free, and one block means the fewest kernel launches.
         batch, num_rows = grad.shape
-        block = max(1, min(num_rows, _BLOCK_ELEMENTS // max(batch, 1)))
+        block = num_rows
+        if grad.device.type == "cpu":
+            block = max(1, min(num_rows, _BLOCK_ELEMENTS // max(batch, 1)))
         buffer = grad.new_empty(batch * block)
         for start in range(0, num_rows, block):
             stop = min(start + block, num_rows)
@@ -77,3 +80,45 @@ def fused_cosine_logits(embeddings: Tensor, weight: Tensor, scale: float | Tenso
     elif scale != 1.0:
         features = features * scale
     return _FusedCosineLogits.apply(features, weight)
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(rows)
+        ctx.shape = weight.shape
+        return weight.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        # Sparse: autograd adds it into the dense gradient that the logits send to the same weight, in place,
+        # instead of materialising a second [C, D] gradient (zeros + scatter) and a third for the sum.
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.shape, check_invariants=False), None
+
+
+def gather_rows(weight: Tensor, rows: Tensor) -> Tensor:
+    """``weight[rows]`` whose gradient is a sparse ``[C, D]`` tensor holding only the gathered rows.
+
+    Use it where a few rows of a large weight are read beside a dense use of the whole weight (the true-class
+    rows of a margin head): the sparse gradient is accumulated into the dense one without a ``[C, D]`` copy.
+    The weight's gradient ends up dense as long as some other path gives it a dense one.
+
+    Example:
+        >>> weight = torch.eye(3, requires_grad=True)
+        >>> gather_rows(weight, torch.tensor([2, 2])).sum().backward()
+        >>> weight.grad.to_dense()[2]
+        tensor([2., 2., 2.])
+    """
+    return _GatherRows.apply(weight, rows)
+
+
+def target_cosine(embeddings: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
+    """``cos(theta_y)`` between each embedding and the row of its label (as
+    :func:`lightning_margin.functional.target_cosine`), with the rows gathered by :func:`gather_rows`.
+
+    Example:
+        >>> target_cosine(torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([1]))
+        tensor([0.8000])
+    """
+    return (F.normalize(embeddings, dim=1) * F.normalize(gather_rows(weight, labels), dim=1)).sum(dim=1)

@@ -3,8 +3,8 @@
 Every rank of a sharded head computes the *same* global loss from all-gathered embeddings and all-reduced
 statistics; each rank's backward then only has to reach its own parameters. That fixes the backward rule of each
 collective here: an all-gather sums the gradients of its output over the ranks (each rank's copy of the gathered
-embeddings feeds a different shard of logits), while an all-reduce of values that every rank uses identically
-passes its gradient through unchanged.
+embeddings feeds a different shard of logits), and the log-partition combined from per-shard log-sum-exps sends
+each rank the gradient of its own part.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ __all__ = [
     "all_gather_rows",
     "all_gather_with_grad",
     "all_logsumexp",
-    "all_reduce_sum",
     "check_inputs_on_every_rank",
     "rank_and_world_size",
     "shard_bounds",
@@ -116,27 +115,6 @@ def all_gather_with_grad(
     equals a single process's on the global batch (insightface's Partial FC does the same).
     """
     return _AllGatherWithGrad.apply(tensor, tuple(int(s) for s in sizes), process_group, float(gradient_scale))
-
-
-class _AllReduceSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor: Tensor, process_group) -> Tensor:  # type: ignore[override]
-        total = tensor.clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=process_group)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return grad, None
-
-
-def all_reduce_sum(tensor: Tensor, process_group: ProcessGroup | None = None) -> Tensor:
-    """Sum of ``tensor`` over the ranks, for a loss that every rank computes identically from that sum.
-
-    Backward passes the gradient through unchanged: every rank holds the same loss, so the derivative of the
-    loss with respect to this rank's term is the derivative with respect to the sum.
-    """
-    return _AllReduceSum.apply(tensor, process_group)
 
 
 class _AllLogSumExp(torch.autograd.Function):

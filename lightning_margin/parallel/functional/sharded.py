@@ -6,6 +6,7 @@ from contextlib import nullcontext
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from lightning_margin.heads import MarginHead
@@ -16,7 +17,6 @@ from lightning_margin.parallel.functional.distributed import (
     all_gather_rows,
     all_gather_with_grad,
     all_logsumexp,
-    all_reduce_sum,
     check_inputs_on_every_rank,
     rank_and_world_size,
 )
@@ -116,19 +116,21 @@ def sharded_margin_cross_entropy(
         local_labels = labels - class_start
         owned = (local_labels >= 0) & (local_labels < local_classes)
         safe_labels = torch.where(owned, local_labels, torch.zeros_like(local_labels))
-        # What the margin needs from the true class's rows (its cosine, ...) comes from the rank that holds them.
-        inputs = pieces.target_inputs(x, safe_labels)
-        inputs = torch.where(owned.unsqueeze(1), inputs, torch.zeros_like(inputs))
-        if world_size > 1:
-            inputs = all_reduce_sum(inputs, process_group)
-        if head.training:
-            with torch.no_grad():
-                pieces.update_statistics(x.detach(), labels, inputs.detach())
-        target_logits = pieces.target_logits(inputs, x, labels)
-        # Every rank computes every row's target logit; only the owner's copy carries its gradient, so that the
-        # gather's backward (a sum over ranks) counts it once.
-        target_logits = torch.where(owned, target_logits, target_logits.detach())
-        pieces.prepare(target_logits.detach())
+        parameters = pieces.parameters()
+        rows_per_class = [p.shape[0] // local_classes for p in parameters]
+
+        # Values first (no gradient): what the margin needs from the true class's rows (its cosine, ...) comes
+        # from the rank that holds them; the running statistics and CurricularFace's hard-negative threshold need
+        # every row's value before any logit is computed.
+        with torch.no_grad():
+            rows = [class_rows(p.detach(), safe_labels, k) for p, k in zip(parameters, rows_per_class, strict=True)]
+            values = pieces.target_inputs(x.detach(), rows)
+            values = torch.where(owned.unsqueeze(1), values, torch.zeros_like(values))
+            if world_size > 1:
+                dist.all_reduce(values, group=process_group)
+            if head.training:
+                pieces.update_statistics(x.detach(), labels, values)
+            pieces.prepare(pieces.target_logits(values, x.detach(), labels))
 
         index = None
         positions = torch.where(owned, local_labels, torch.full_like(local_labels, -1))
@@ -138,29 +140,24 @@ def sharded_margin_cross_entropy(
             positions = torch.where(owned, found, torch.full_like(found, -1))
         selected = local_classes if index is None else index.numel()
 
-        features = pieces.features(x)
-        parameters = pieces.parameters()
-        rows_per_class = [p.shape[0] // local_classes for p in parameters]
-        if chunk_size is None:
-            classes = slice(0, local_classes) if index is None else index
-            blocks = [class_rows(p, classes, k) for p, k in zip(parameters, rows_per_class, strict=True)]
-            logits = pieces.block_logits(features, *blocks)
-            columns = positions.clamp_min(0).unsqueeze(1)
-            current = logits.gather(1, columns).squeeze(1)
-            replaced = torch.where(positions >= 0, target_logits.to(logits.dtype), current)
-            log_partition = torch.logsumexp(logits.scatter(1, columns, replaced.unsqueeze(1)), dim=1)
-        else:
-            log_partition = chunked_logsumexp(
-                pieces.block_logits,
-                features,
-                parameters,
-                target_logits,
-                positions,
-                num_classes=selected,
-                chunk_size=chunk_size,
-                class_index=index,
-                rows_per_class=rows_per_class,
-            )
+        # Log-sum-exp over this rank's (selected) classes without the true class, plus the true-class rows, in one
+        # node: each parameter gets one gradient buffer.
+        negatives, rows = chunked_logsumexp(
+            pieces.block_logits,
+            pieces.features(x),
+            parameters,
+            num_classes=selected,
+            chunk_size=chunk_size,
+            class_index=index,
+            rows_per_class=rows_per_class,
+            exclude_columns=positions,
+            gather_classes=safe_labels,
+        )
+        # The margin-penalised true-class logit: with gradient on the rank that holds the class, the all-reduced
+        # value elsewhere (so that the gather's backward, a sum over ranks, counts its gradient once).
+        local_targets = pieces.target_logits(pieces.target_inputs(x, rows), x, labels)
+        target_logits = torch.where(owned, local_targets, pieces.target_logits(values, x, labels).detach())
+        log_partition = torch.where(owned, torch.logaddexp(negatives, target_logits), negatives)
         if world_size > 1:
             log_partition = all_logsumexp(log_partition, process_group)
         loss = (log_partition - target_logits).mean()
