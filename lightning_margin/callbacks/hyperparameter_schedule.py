@@ -9,6 +9,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from lightning_margin.callbacks.head_path import resolve_head
+
 __all__ = ["HeadHyperparameterSchedule"]
 
 
@@ -46,15 +48,7 @@ class HeadHyperparameterSchedule(Callback, ABC):
 
     def head(self, pl_module: pl.LightningModule) -> nn.Module:
         """The module at ``head_path``; ``ValueError`` if there is none."""
-        module: Any = pl_module
-        for part in self.head_path.split("."):
-            if not hasattr(module, part):
-                raise ValueError(
-                    f"{type(self).__name__}: {type(pl_module).__name__} has no `{self.head_path}` "
-                    f"(no attribute {part!r} on {type(module).__name__}); set `head_path`"
-                )
-            module = getattr(module, part)
-        return module
+        return resolve_head(pl_module, self.head_path, type(self).__name__)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         head = self.head(pl_module)

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from lightning_margin._validation import check_integer, check_range
+from lightning_margin.callbacks.head_path import resolve_head
 from lightning_margin.loggers import log_figure
 from lightning_margin.plots._figure import save_figure
 from lightning_margin.plots._heads import rows_per_class
@@ -154,14 +155,7 @@ class ThetaDistribution(Callback):
             self.angles[name] = torch.cat([self.angles[name], angles[:room]])
 
     def _head(self, pl_module: pl.LightningModule) -> nn.Module:
-        module: Any = pl_module
-        for part in self.head_path.split("."):
-            if not hasattr(module, part):
-                raise ValueError(
-                    f"{type(self).__name__}: {type(pl_module).__name__} has no `{self.head_path}` (no attribute "
-                    f"{part!r} on {type(module).__name__}); set `head_path`"
-                )
-            module = getattr(module, part)
+        module = resolve_head(pl_module, self.head_path, type(self).__name__)
         if not isinstance(getattr(module, "weight", None), Tensor):
             raise ValueError(f"{type(self).__name__}: `{self.head_path}` has no `weight` tensor of class centres")
         return module
