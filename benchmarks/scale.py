@@ -12,7 +12,8 @@ Issue 6's benchmarks in one command (``python benchmarks/scale.py``), printed as
    peaks at the two largest class counts give bytes per class (plus weight and momentum, 8 bytes per float of a
    weight row), extrapolated to the machine's total memory less a reserve. Sharded over ``W`` ranks, each rank
    needs the memory of ``C / W`` classes.
-3. The same heads against pytorch-metric-learning (skipped unless importable; see vs_pytorch_metric_learning.py).
+3. ArcFace, CosFace and SphereFace against pytorch-metric-learning, as committed and with the proposed kernels
+   (skipped unless importable; see vs_pytorch_metric_learning.py).
 4. Lightning overhead: ``MarginModule`` trained by ``Trainer.fit`` against a bare PyTorch loop doing the same
    work (same backbone, neck, head, optimizer, data), median time per step.
 
@@ -287,8 +288,11 @@ def main() -> None:
     if "pml" in sections:
         from vs_pytorch_metric_learning import compare
 
-        compare(args.batch_size, args.embedding_size, [c for c in args.classes if c <= 100_000], args.repeats, 1)
-        print()
+        for path in ("committed", "patched"):
+            compare(
+                args.batch_size, args.embedding_size, [c for c in args.classes if c <= 100_000], args.repeats, 1, path
+            )
+            print()
     if "lightning" in sections:
         lightning_overhead(args.batch_size, num_classes=10_000, steps=15, warmup=3)
 

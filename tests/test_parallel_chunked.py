@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from lightning_margin.heads import ArcFace, create_head, list_heads
 from lightning_margin.parallel import ChunkedMarginHead, TensorMemoryTracker
-from lightning_margin.parallel.functional import chunked_logsumexp, fused_cosine_logits, target_cosine
+from lightning_margin.parallel.functional import chunked_logsumexp, cosine, fused_cosine_logits, target_cosine
 
 # Values that keep every head in a regime where its margin matters (and LSoftmax/SphereFace's lambda is finite).
 HEAD_KWARGS = {
@@ -78,7 +78,10 @@ def test_chunked_logsumexp_equals_an_explicit_masked_logsumexp_and_passes_gradch
     assert torch.autograd.gradcheck(lean, (features, weight, bias))
 
 
-def test_fused_cosine_logits_equal_normalised_products_with_the_same_gradients():
+@pytest.mark.parametrize("save_output", [False, True])
+@pytest.mark.parametrize("blocks", [8, 1 << 20])  # elements per block in backward: several blocks, or one
+def test_fused_cosine_logits_equal_normalised_products_with_the_same_gradients(monkeypatch, save_output, blocks):
+    monkeypatch.setattr(cosine, "_BLOCK_ELEMENTS", blocks)
     torch.manual_seed(2)
     embeddings = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(7, 5, dtype=torch.float64)
@@ -89,12 +92,16 @@ def test_fused_cosine_logits_equal_normalised_products_with_the_same_gradients()
 
     reference = (F.normalize(embeddings, dim=1) * scale.unsqueeze(1)) @ F.normalize(weight, dim=1).T
     expected = torch.autograd.grad(reference, (embeddings, weight), grad)
-    fused = fused_cosine_logits(embeddings, weight, scale)
+    features = F.normalize(embeddings, dim=1) * scale.unsqueeze(1)
+    fused = cosine._FusedCosineLogits.apply(features, weight, save_output)
     torch.testing.assert_close(fused, reference, **CLOSE)
     for got, want in zip(torch.autograd.grad(fused, (embeddings, weight), grad), expected, strict=True):
         torch.testing.assert_close(got, want, **CLOSE)
     nonzero = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w: fused_cosine_logits(x, w, 3.0), (embeddings, nonzero))
+    fused_fn = cosine._FusedCosineLogits.apply
+    leaf = features.detach().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w: fused_fn(x, w, save_output), (leaf, nonzero))
+    torch.testing.assert_close(fused_cosine_logits(embeddings, weight, scale), reference, **CLOSE)
 
 
 def test_sparse_row_target_cosine_equals_the_dense_formula_and_accumulates_into_a_dense_gradient():

@@ -150,6 +150,15 @@ def test_bad_input_on_one_rank_raises_the_same_error_on_every_rank(ranks, proble
         assert ranks[rank]["errors"]["alive_ranks"] == "2"  # and no rank was left behind in a collective
 
 
+def test_a_head_built_by_name_on_each_rank_draws_distinct_rows_and_leaves_the_random_state_alone(ranks):
+    first, second = ranks[0]["built"], ranks[1]["built"]
+    assert first["weight"].shape == (6, 8) and second["weight"].shape == (5, 8)
+    assert not torch.allclose(first["weight"][:5], second["weight"])  # same seed, yet different centres
+    torch.manual_seed(5)
+    expected = torch.rand(3)  # what the next module would draw had the head not been built
+    assert torch.equal(first["next_draw"], expected) and torch.equal(second["next_draw"], expected)
+
+
 def test_one_process_wraps_the_head_itself_and_a_head_sharded_for_another_world_refuses_to_run():
     head, _, _, labels = make_problem("cosface")
     wrapped = ShardedMarginHead(head)

@@ -97,8 +97,13 @@ class ShardedMarginHead(nn.Module):
             self.embedding_size = check_integer("embedding_size", embedding_size)
             self.num_classes = check_integer("num_classes", num_classes)
             start, end = shard_bounds(self.num_classes, world_size, rank)
-            # Only this rank's rows are ever allocated when the process group already exists.
-            self.head = create_head(head, self.embedding_size, end - start, **(head_kwargs or {}))
+            # Only this rank's rows are ever allocated when the process group already exists. They are drawn from
+            # a stream of their own (seed + rank): the same seed on every rank must not give every shard the same
+            # centres, nor leave the global random state (the next modules' initialisation) differing by rank.
+            with torch.random.fork_rng(devices=[]):
+                if world_size > 1:
+                    torch.manual_seed(torch.initial_seed() + rank)
+                self.head = create_head(head, self.embedding_size, end - start, **(head_kwargs or {}))
             self.rank, self.world_size, self.class_start, self.class_end = rank, world_size, start, end
         elif isinstance(head, MarginHead):
             if head_kwargs:

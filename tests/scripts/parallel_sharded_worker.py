@@ -175,6 +175,9 @@ def worker(rank: int, outdir: str) -> None:
         first = results["cases"][0]
         results["reloaded"] = reload_case(rank, first["state_dict"], first["optimizer"])
         results["errors"] = bad_inputs(rank)
+        torch.manual_seed(5)
+        built = ShardedMarginHead("arcface", EMBEDDING_SIZE, NUM_CLASSES)  # only this rank's rows are drawn
+        results["built"] = {"weight": built.head.weight.detach().clone(), "next_draw": torch.rand(3)}
         torch.save(results, Path(outdir) / f"rank{rank}.pt")
     except Exception:
         traceback.print_exc()

@@ -1,5 +1,6 @@
 """Pure functions behind the scalable heads: collectives, the sharded / sampled / chunked margin loss, fast cosines."""
 
+from lightning_margin.parallel.functional import cosine
 from lightning_margin.parallel.functional.chunked import chunked_logsumexp, class_rows, row_ids
 from lightning_margin.parallel.functional.cosine import fused_cosine_logits, gather_rows, target_cosine
 from lightning_margin.parallel.functional.distributed import (
@@ -22,6 +23,7 @@ __all__ = [
     "check_sample_rate",
     "chunked_logsumexp",
     "class_rows",
+    "cosine",
     "fused_cosine_logits",
     "gather_rows",
     "num_sampled_classes",

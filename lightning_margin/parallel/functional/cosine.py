@@ -22,23 +22,28 @@ class _FusedCosineLogits(torch.autograd.Function):
     shapes (``B`` of a few hundred, ``D = 512``, ``C`` up to millions) those elementwise passes cost as much as the
     matrix products themselves. Dividing the ``[B, C]`` product by the row norms instead, and writing the weight's
     gradient as the projection of ``H = (grad / ||W_j||).T @ features`` onto the tangent plane of each row,
-    ``grad_W_j = H_j - (W_j . H_j) W_j / ||W_j||^2``, needs one ``[C, D]`` read in forward and two in backward, and
-    saves nothing of size ``[B, C]`` for backward.
+    ``grad_W_j = H_j - (W_j . H_j) W_j / ||W_j||^2``, needs one ``[C, D]`` read in forward and two in backward.
+
+    ``W_j . H_j`` equals ``sum_i grad_ij out_ij``: with ``save_output`` (only for callers that never modify the
+    output in place) it is computed from the ``[B, C]`` output, cheaper than from ``[C, D]`` when ``B < D``.
     """
 
     @staticmethod
-    def forward(ctx, features: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, features: Tensor, weight: Tensor, save_output: bool = False) -> Tensor:  # type: ignore[override]
         norms = torch.linalg.vector_norm(weight, dim=1)
         inverse = norms.clamp_min(_NORM_EPS).reciprocal()
-        ctx.save_for_backward(features, weight, inverse, norms >= _NORM_EPS)
-        return F.linear(features, weight).mul_(inverse)
+        out = F.linear(features, weight).mul_(inverse)
+        saved = (out,) if save_output else ()
+        ctx.save_for_backward(features, weight, inverse, norms >= _NORM_EPS, *saved)
+        return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
-        features, weight, inverse, unclamped = ctx.saved_tensors
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        features, weight, inverse, unclamped, *saved = ctx.saved_tensors
         need_features, need_weight = ctx.needs_input_grad[:2]
         grad_features = torch.zeros_like(features) if need_features else None
         grad_weight = torch.empty_like(weight) if need_weight else None
+        radial = inverse.new_empty(inverse.shape) if need_weight and saved else None
         # On CPU, grad / ||W_j|| is formed a block of columns at a time in one reused buffer: a fresh [B, C]
         # temporary costs about as much as a matrix product there (page faults of a new allocation). Caching
         # allocators (CUDA) make the temporary free, and one block means the fewest kernel launches.
@@ -49,17 +54,21 @@ class _FusedCosineLogits(torch.autograd.Function):
         buffer = grad.new_empty(batch * block)
         for start in range(0, num_rows, block):
             stop = min(start + block, num_rows)
-            out = buffer[: batch * (stop - start)].view(batch, stop - start)
-            scaled = torch.mul(grad[:, start:stop], inverse[start:stop], out=out)
+            scratch = buffer[: batch * (stop - start)].view(batch, stop - start)
+            if radial is not None:
+                radial[start:stop] = torch.mul(grad[:, start:stop], saved[0][:, start:stop], out=scratch).sum(0)
+            scaled = torch.mul(grad[:, start:stop], inverse[start:stop], out=scratch)
             if grad_features is not None:
                 grad_features.addmm_(scaled, weight[start:stop])
             if grad_weight is not None:
                 torch.mm(scaled.t(), features, out=grad_weight[start:stop])
         if grad_weight is not None:
+            if radial is None:
+                radial = torch.einsum("cd,cd->c", grad_weight, weight)
             # The radial part only exists where the norm was not clamped (F.normalize's derivative there is 0).
-            radial = torch.einsum("cd,cd->c", grad_weight, weight) * inverse.square() * unclamped
+            radial = radial * inverse.square() * unclamped
             grad_weight.addcmul_(weight, radial.unsqueeze(1), value=-1.0)
-        return grad_features, grad_weight
+        return grad_features, grad_weight, None
 
 
 def fused_cosine_logits(embeddings: Tensor, weight: Tensor, scale: float | Tensor = 1.0) -> Tensor:
