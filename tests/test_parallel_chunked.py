@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lightning_margin.functional import angles
 from lightning_margin.heads import ArcFace, create_head, list_heads
 from lightning_margin.parallel import ChunkedMarginHead, TensorMemoryTracker
 from lightning_margin.parallel.functional import chunked_logsumexp, cosine, fused_cosine_logits, target_cosine
@@ -81,7 +82,7 @@ def test_chunked_logsumexp_equals_an_explicit_masked_logsumexp_and_passes_gradch
 @pytest.mark.parametrize("save_output", [False, True])
 @pytest.mark.parametrize("blocks", [8, 1 << 20])  # elements per block in backward: several blocks, or one
 def test_fused_cosine_logits_equal_normalised_products_with_the_same_gradients(monkeypatch, save_output, blocks):
-    monkeypatch.setattr(cosine, "_BLOCK_ELEMENTS", blocks)
+    monkeypatch.setattr(angles, "_BLOCK_ELEMENTS", blocks)  # the kernel lives in lightning_margin.functional
     torch.manual_seed(2)
     embeddings = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(7, 5, dtype=torch.float64)

@@ -1,6 +1,6 @@
 """Pure functions behind the margin heads: cosines, angles and margin penalties (no parameters, no state)."""
 
-from lightning_margin.functional.angles import cosine_logits, safe_arccos, target_cosine
+from lightning_margin.functional.angles import cosine_logits, gather_rows, safe_arccos, target_cosine
 from lightning_margin.functional.margins import (
     adaface_margins,
     arcface_margin,
@@ -24,6 +24,7 @@ __all__ = [
     "cosface_margin",
     "cosine_logits",
     "curricular_negatives",
+    "gather_rows",
     "magface_margin",
     "magface_regularizer",
     "replace_target_logits",

@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cosine_logits", "safe_arccos", "target_cosine"]
+__all__ = ["cosine_logits", "gather_rows", "safe_arccos", "target_cosine"]
+
+# F.normalize's floor on a norm: rows shorter than this are treated as having this norm.
+_NORM_EPS = 1e-12
+# Size of the reused [B, block] buffer of the CPU backward (1 Mi elements: 4 MiB in float32).
+_BLOCK_ELEMENTS = 1 << 20
 
 
 class _SafeArccos(torch.autograd.Function):
@@ -42,11 +47,70 @@ def safe_arccos(cos: Tensor) -> Tensor:
     return _SafeArccos.apply(cos)
 
 
+class _CosineLogits(torch.autograd.Function):
+    """``features @ normalize(weight).T`` computed as ``(features @ weight.T) / ||weight_j||``.
+
+    ``F.normalize(weight)`` writes a ``[C, D]`` copy of the weight and its backward makes several more
+    ``[C, D]`` passes (division, its gradient with respect to the norms, the broadcast sum); with face-recognition
+    shapes (``B`` of a few hundred, ``D = 512``, ``C`` up to millions) those elementwise passes cost as much as the
+    matrix products themselves. Dividing the ``[B, C]`` product by the row norms instead, and writing the weight's
+    gradient as the projection of ``H = (grad / ||W_j||).T @ features`` onto the tangent plane of each row,
+    ``grad_W_j = H_j - (W_j . H_j) W_j / ||W_j||^2``, needs one ``[C, D]`` read in forward and two in backward.
+
+    ``W_j . H_j`` equals ``sum_i grad_ij out_ij``: with ``save_output`` (only for callers that never modify the
+    output in place) it is computed from the ``[B, C]`` output, cheaper than from ``[C, D]`` when ``B < D``.
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, save_output: bool = False) -> Tensor:  # type: ignore[override]
+        norms = torch.linalg.vector_norm(weight, dim=1)
+        inverse = norms.clamp_min(_NORM_EPS).reciprocal()
+        out = F.linear(features, weight).mul_(inverse)
+        saved = (out,) if save_output else ()
+        ctx.save_for_backward(features, weight, inverse, norms >= _NORM_EPS, *saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        features, weight, inverse, unclamped, *saved = ctx.saved_tensors
+        need_features, need_weight = ctx.needs_input_grad[:2]
+        grad_features = torch.zeros_like(features) if need_features else None
+        grad_weight = torch.empty_like(weight) if need_weight else None
+        radial = inverse.new_empty(inverse.shape) if need_weight and saved else None
+        # On CPU, grad / ||W_j|| is formed a block of columns at a time in one reused buffer: a fresh [B, C]
+        # temporary costs about as much as a matrix product there (page faults of a new allocation). Caching
+        # allocators (CUDA) make the temporary free, and one block means the fewest kernel launches.
+        batch, num_rows = grad.shape
+        block = num_rows
+        if grad.device.type == "cpu":
+            block = max(1, min(num_rows, _BLOCK_ELEMENTS // max(batch, 1)))
+        buffer = grad.new_empty(batch * block)
+        for start in range(0, num_rows, block):
+            stop = min(start + block, num_rows)
+            scratch = buffer[: batch * (stop - start)].view(batch, stop - start)
+            if radial is not None:
+                radial[start:stop] = torch.mul(grad[:, start:stop], saved[0][:, start:stop], out=scratch).sum(0)
+            scaled = torch.mul(grad[:, start:stop], inverse[start:stop], out=scratch)
+            if grad_features is not None:
+                grad_features.addmm_(scaled, weight[start:stop])
+            if grad_weight is not None:
+                torch.mm(scaled.t(), features, out=grad_weight[start:stop])
+        if grad_weight is not None:
+            if radial is None:
+                radial = torch.einsum("cd,cd->c", grad_weight, weight)
+            # The radial part only exists where the norm was not clamped (F.normalize's derivative there is 0).
+            radial = radial * inverse.square() * unclamped
+            grad_weight.addcmul_(weight, radial.unsqueeze(1), value=-1.0)
+        return grad_features, grad_weight, None
+
+
 def cosine_logits(embeddings: Tensor, weight: Tensor, scale: float | Tensor = 1.0) -> Tensor:
     """``scale * cos(theta_j)`` between every embedding and every row of ``weight``: ``[B, C]``.
 
-    The scale multiplies the normalised embeddings (``[B, D]``) rather than the ``[B, C]`` result, which saves a
-    full pass over the logits in forward and backward. ``scale`` may be a float or a ``[B]`` tensor.
+    The scale multiplies the normalised embeddings (``[B, D]``) rather than the ``[B, C]`` result, and the weight
+    is never normalised as a ``[C, D]`` tensor (see :class:`_CosineLogits`): a margin head then costs about what
+    ``nn.Linear`` + cross-entropy costs. ``scale`` may be a float or a ``[B]`` tensor. The output may be modified
+    in place (the heads add the margin with ``scatter_add_``).
 
     Example:
         >>> cosine_logits(torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 3.0]]), scale=64.0)
@@ -57,13 +121,45 @@ def cosine_logits(embeddings: Tensor, weight: Tensor, scale: float | Tensor = 1.
         x = x * scale.unsqueeze(1)
     elif scale != 1.0:
         x = x * scale
-    return F.linear(x, F.normalize(weight, dim=1))
+    return _CosineLogits.apply(x, weight, False)
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(rows)
+        ctx.shape = weight.shape
+        return weight.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (rows,) = ctx.saved_tensors
+        # Sparse: autograd adds it into the dense gradient that the logits send to the same weight, in place,
+        # instead of materialising a second [C, D] gradient (zeros + scatter) and a third for the sum.
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), grad, ctx.shape, check_invariants=False), None
+
+
+def gather_rows(weight: Tensor, rows: Tensor) -> Tensor:
+    """``weight[rows]`` whose gradient is a sparse ``[C, D]`` tensor holding only the gathered rows.
+
+    Use it where a few rows of a large weight are read beside a dense use of the whole weight (the true-class
+    rows of a margin head): the sparse gradient is accumulated into the dense one without a ``[C, D]`` copy.
+    The weight's gradient ends up dense as long as some other path gives it a dense one.
+
+    Example:
+        >>> weight = torch.eye(3, requires_grad=True)
+        >>> gather_rows(weight, torch.tensor([2, 2])).sum().backward()
+        >>> weight.grad.to_dense()[2]
+        tensor([2., 2., 2.])
+    """
+    return _GatherRows.apply(weight, rows)
 
 
 def target_cosine(embeddings: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
     """``cos(theta_y)`` between each embedding and the row of its own label: ``[B]``.
 
     Computed directly (``B x D`` work) rather than gathered from the ``[B, C]`` cosine matrix, so the margin can
-    be applied without touching, or keeping alive, the full matrix.
+    be applied without touching, or keeping alive, the full matrix; the rows come from :func:`gather_rows`, so
+    their gradient is sparse and adds into the dense one of :func:`cosine_logits` without a second ``[C, D]``.
     """
-    return (F.normalize(embeddings, dim=1) * F.normalize(weight[labels], dim=1)).sum(dim=1)
+    return (F.normalize(embeddings, dim=1) * F.normalize(gather_rows(weight, labels), dim=1)).sum(dim=1)
