@@ -96,6 +96,11 @@ class MarginModule(pl.LightningModule):
         flip_test: Flip test-time augmentation in validation: a pair member's embedding is the normalised
             sum of the embeddings of the image and its mirror.
         far: False accept rates at which validation reports the true accept rate.
+        sharded: Shard the head's class centres across DDP ranks
+            (:class:`~lightning_margin.parallel.ShardedMarginHead`); checkpoints still hold the full weight.
+        sample_rate: Partial FC: the fraction of negative class centres used per step (1.0: all).
+        chunk_size: Memory-lean loss: classes per block, never holding the ``[B, num_classes]`` logits (``None``:
+            off).
 
     Example:
         >>> model = MarginModule("iresnet18", num_classes=100, embedding_size=128, head="arcface",
@@ -122,6 +127,9 @@ class MarginModule(pl.LightningModule):
         head_weight_decay: float | None = None,
         flip_test: bool = True,
         far: Sequence[float] = (1e-3,),
+        sharded: bool = False,
+        sample_rate: float = 1.0,
+        chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         # Modules and callables are not hyperparameters: checkpoints must load with `weights_only=True`.
@@ -153,6 +161,12 @@ class MarginModule(pl.LightningModule):
             self.head = head
         else:
             raise ValueError(f"`head` must be a head name or a MarginHead instance, got {type(head).__name__}")
+        if sharded or sample_rate != 1.0 or chunk_size is not None:
+            from lightning_margin.parallel import ShardedMarginHead
+
+            # Wrapped after the head is built, so its initial weight is the one an unsharded run would draw.
+            self.head = ShardedMarginHead(self.head, sample_rate=sample_rate, chunk_size=chunk_size)
+        self.sharded = sharded
 
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -193,6 +207,13 @@ class MarginModule(pl.LightningModule):
             return True
         return trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
 
+    def configure_model(self) -> None:
+        if self.sharded:
+            from lightning_margin.parallel import ignore_sharded_parameters
+
+            self.head.shard()  # the process group exists now: keep this rank's classes
+            ignore_sharded_parameters(self)  # DDP must neither broadcast nor average the shards
+
     def configure_optimizers(self) -> Any:
         head_params = list(self.head.parameters())
         head_ids = {id(p) for p in head_params}
@@ -201,6 +222,8 @@ class MarginModule(pl.LightningModule):
         if self.head_weight_decay is not None:
             head_group["weight_decay"] = self.head_weight_decay
         optimizer = self.optimizer_factory([{"params": body_params}, head_group])
+        if hasattr(self.head, "attach_optimizer"):
+            self.head.attach_optimizer(optimizer)  # sharded heads: checkpoints hold full momentum rows
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)

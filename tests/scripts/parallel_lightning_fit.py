@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lightning_margin import MarginModule
-from lightning_margin.parallel import ShardedMarginHead, ignore_sharded_parameters
 from tests.helpers import IMAGE_SIZE, separable_images, tiny_backbone
 
 NUM_CLASSES = 7  # 4 classes on rank 0, 3 on rank 1
@@ -29,30 +28,13 @@ STEPS = 3
 HEAD_KWARGS = {"scale": 16.0, "margin": 0.3}
 
 
-class ShardedMarginModule(MarginModule):
-    """What MarginModule needs for a sharded head: shard once the process group exists, keep DDP off the shards,
-    and let the optimizer's checkpoint hold full momentum rows."""
-
-    def configure_model(self) -> None:
-        if isinstance(self.head, ShardedMarginHead):
-            self.head.shard()
-            ignore_sharded_parameters(self)
-
-    def configure_optimizers(self):
-        configured = super().configure_optimizers()
-        optimizer = configured["optimizer"] if isinstance(configured, dict) else configured
-        if isinstance(self.head, ShardedMarginHead):
-            self.head.attach_optimizer(optimizer)
-        return configured
-
-
 def sgd(params):
     return torch.optim.SGD(params, lr=0.1, momentum=0.9)
 
 
 def make_module(sharded: bool) -> MarginModule:
     torch.manual_seed(0)
-    module = ShardedMarginModule(
+    return MarginModule(
         backbone=tiny_backbone(),
         num_classes=NUM_CLASSES,
         embedding_size=16,
@@ -62,10 +44,8 @@ def make_module(sharded: bool) -> MarginModule:
         input_size=IMAGE_SIZE,
         optimizer=sgd,
         flip_test=False,
+        sharded=sharded,  # the same initial weights; each rank keeps its rows in configure_model
     )
-    if sharded:  # the same initial weights; each rank keeps its rows in configure_model
-        module.head = ShardedMarginHead(module.head)
-    return module
 
 
 def make_loader(batch_size: int, num_replicas: int = 1, rank: int = 0) -> DataLoader:
