@@ -1,6 +1,7 @@
 """lightning-margin: angular-margin face-recognition heads, backbones and a model zoo for PyTorch Lightning."""
 
-from lightning_margin import backbones, callbacks, functional  # backbones: registers iresnet*/mobilefacenet in timm
+# Importing backbones registers iresnet*/mobilefacenet in timm's model registry.
+from lightning_margin import backbones, callbacks, functional, parallel
 from lightning_margin.embedder import FaceEmbedder
 from lightning_margin.heads import (
     AdaFace,
@@ -46,5 +47,6 @@ __all__ = [
     "create_head",
     "functional",
     "list_heads",
+    "parallel",
     "register_head",
 ]
