@@ -161,19 +161,12 @@ def magface_regularizer(norms: Tensor, lower_norm: float, upper_norm: float) -> 
     return 1.0 / a + a / upper_norm**2
 
 
-def replace_target_logits(
-    logits: Tensor, labels: Tensor, new_target: Tensor, old_target: Tensor, *, ignore_negative: bool = False
-) -> Tensor:
+def replace_target_logits(logits: Tensor, labels: Tensor, new_target: Tensor, old_target: Tensor) -> Tensor:
     """Swap the true-class logit ``old_target`` for ``new_target`` in ``logits`` (``[B, C]``), in place.
 
     Adds ``new_target - old_target`` at each row's label rather than copying the whole matrix: the gradient of a
     ``scatter_add_`` with respect to the matrix is the identity, so neither forward nor backward makes an extra
     ``[B, C]`` pass. ``old_target`` must be the value at that position (computed independently of ``logits``).
-    With ``ignore_negative``, rows whose label is negative (a class held by another shard) are left unchanged.
     """
-    delta = new_target - old_target
-    index = labels.unsqueeze(1)
-    if ignore_negative:
-        delta = torch.where(labels >= 0, delta, torch.zeros_like(delta))
-        index = index.clamp_min(0)
-    return logits.scatter_add_(1, index, delta.unsqueeze(1).to(logits.dtype))
+    delta = (new_target - old_target).to(logits.dtype)
+    return logits.scatter_add_(1, labels.unsqueeze(1), delta.unsqueeze(1))
