@@ -159,6 +159,8 @@ def test_data_root_from_environment_and_relative_paths(tmp_path: Path, monkeypat
         ({"flip_probability": 2.0}, r"flip_probability must be in \[0, 1\]"),
         ({"image_size": 0}, "image_size must be a positive int"),
         ({"min_images_per_identity": 0}, "min_images_per_identity must be >= 1"),
+        ({"random_shift": -1}, "random_shift must be >= 0"),
+        ({"cache_in_memory": True}, "cache_in_memory=True needs normalize_on_device=True"),
     ],
 )
 def test_bad_settings_name_the_allowed_values(arguments: dict, message: str) -> None:
@@ -353,3 +355,39 @@ def test_normalize_batch_flips_about_the_requested_fraction_and_only_left_right(
     torch.testing.assert_close(out[flipped][:, 2, 0], expected.flip(0).expand(int(flipped.sum()), 4))
     with pytest.raises(ValueError, match="uint8"):
         normalize_batch(images.float())
+
+
+def test_cache_in_memory_serves_the_decoded_images_and_shifts_only_training_batches() -> None:
+    from lightning_margin.data import InMemoryDataset
+
+    common = {
+        "train": "synthetic:4",
+        "val_sets": {"s": "synthetic:12"},
+        "image_size": 16,
+        "batch_size": 8,
+        "pin_memory": False,
+    }
+    plain = FaceDataModule(**common, num_workers=0, normalize_on_device=True)
+    cached = FaceDataModule(
+        **common, num_workers=0, normalize_on_device=True, cache_in_memory=True, random_shift=2, flip_probability=0.0
+    )
+    cached.setup("fit")
+    assert isinstance(cached.train_set, InMemoryDataset) and cached.num_classes == 4
+    for index in (0, 5, len(plain.train_set) - 1):
+        image, label = plain.train_set[index]
+        cached_image, cached_label = cached.train_set[index]
+        assert torch.equal(cached_image, image) and int(cached_label) == label
+    plain_pairs = next(iter(plain.val_dataloader()[0]))
+    cached_pairs = next(iter(cached.val_dataloader()[0]))
+    assert all(torch.equal(a, b) for a, b in zip(plain_pairs, cached_pairs, strict=True))
+    # Verification batches are never shifted; training batches are (trainer.training).
+    cached.trainer = SimpleNamespace(training=False)
+    normalised = cached.on_after_batch_transfer(cached_pairs, 0)
+    torch.testing.assert_close(normalised[0], cached_pairs[0].float() / 127.5 - 1.0, rtol=0, atol=1e-6)
+    images, labels = next(iter(cached.train_dataloader()))
+    cached.trainer = SimpleNamespace(training=True)
+    torch.manual_seed(3)
+    shifted, _ = cached.on_after_batch_transfer((images, labels), 0)
+    unshifted = images.float() / 127.5 - 1.0
+    moved = [not torch.equal(a, b) for a, b in zip(shifted, unshifted, strict=True)]
+    assert sum(moved) >= len(moved) // 2  # 1 in 25 offsets is (0, 0)

@@ -151,3 +151,30 @@ def test_jpeg_dct_scaling_for_large_reductions_stays_close_to_full_decoding() ->
     assert (fast - reference).abs().mean() < 2 / 127.5  # within about 2 grey levels on average
     png = encode(np.asarray(Image.open(io.BytesIO(data))), "PNG")
     assert tuple(decode_image(png, target_size=112).shape) == (3, 250, 250)  # DCT scaling is JPEG-only
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_random_shift_takes_a_replicate_padded_window_per_image(dtype: torch.dtype) -> None:
+    from lightning_margin.data import random_shift
+
+    max_shift = 2
+    images = torch.randint(0, 255, (64, 3, 9, 7)).to(dtype)
+    shifted = random_shift(images, max_shift, generator=torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape and shifted.dtype == dtype
+    # Independent construction: pad by replicating the border, then every output must be one of the (2r+1)^2
+    # windows of its own padded image; over 64 images many different offsets must occur.
+    padded = torch.nn.functional.pad(images.float(), (max_shift,) * 4, mode="replicate").to(dtype)
+    offsets = set()
+    for image, padded_image in zip(shifted, padded, strict=True):
+        matches = [
+            (dy, dx)
+            for dy in range(2 * max_shift + 1)
+            for dx in range(2 * max_shift + 1)
+            if torch.equal(padded_image[:, dy : dy + 9, dx : dx + 7], image)
+        ]
+        assert matches, "an output is no window of the padded input"
+        offsets.update(matches)
+    assert len(offsets) >= 15
+    assert random_shift(images, 0) is images
+    with pytest.raises(ValueError, match="max_shift must be >= 0"):
+        random_shift(images, -1)

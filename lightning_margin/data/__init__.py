@@ -42,6 +42,7 @@ from lightning_margin.data.lfw import (
     read_pairs_list,
     read_people_list,
 )
+from lightning_margin.data.memory import InMemoryDataset
 from lightning_margin.data.pack import pack_image_folder, pack_pairs_bin, read_pair_list
 from lightning_margin.data.recordio import (
     RECORDIO_MAGIC,
@@ -67,6 +68,7 @@ from lightning_margin.data.transforms import (
     normalize,
     normalize_batch,
     preprocess_face,
+    random_shift,
     resize,
 )
 from lightning_margin.data.verification_bin import UnsafePickleError, VerificationBinDataset, read_bin, write_bin
@@ -82,6 +84,7 @@ __all__ = [
     "FaceDataModule",
     "FaceImageFolder",
     "FaceTransform",
+    "InMemoryDataset",
     "LFWPairs",
     "LFWPeople",
     "PairEntry",
@@ -116,6 +119,7 @@ __all__ = [
     "pack_record",
     "parse_source",
     "preprocess_face",
+    "random_shift",
     "read_bin",
     "read_file_bytes",
     "read_framed_record",

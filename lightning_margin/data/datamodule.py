@@ -14,6 +14,7 @@ from lightning_margin.data.corrupt import (
     SkipReportingDataLoader,
     collate_skipping_none,
 )
+from lightning_margin.data.memory import InMemoryDataset
 from lightning_margin.data.sources import (
     DATA_ENV,
     build_training_set,
@@ -21,7 +22,7 @@ from lightning_margin.data.sources import (
     parse_source,
     resolve_data_root,
 )
-from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, normalize_batch
+from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, normalize_batch, random_shift
 
 __all__ = ["FaceDataModule"]
 
@@ -94,6 +95,12 @@ class FaceDataModule(LightningDataModule):
             flip and the normalisation run per batch on the device in :meth:`on_after_batch_transfer` (what a GPU
             run wants: less CPU per image, a quarter of the bytes to pin and copy). Code that iterates the loaders
             itself must then call :func:`~lightning_margin.data.normalize_batch`.
+        random_shift: Translate each training image by up to this many pixels (edges replicated; per batch on the
+            device, see :func:`~lightning_margin.data.random_shift`); 0 for none.
+        cache_in_memory: Decode every training and verification image once (in :meth:`setup`, with a progress bar)
+            and serve the ``uint8`` tensors from memory (:class:`~lightning_margin.data.InMemoryDataset`): for small
+            sets such as LFW, where decoding JPEGs every epoch costs more than a small backbone's step. Needs
+            ``normalize_on_device=True`` (the random flip must come after the cache).
 
     Raises:
         ValueError: on an unknown source, split or setting, naming the allowed values.
@@ -128,6 +135,8 @@ class FaceDataModule(LightningDataModule):
         skip_corrupt: bool = False,
         image_folder_cache_dir: str | None = None,
         normalize_on_device: bool = False,
+        random_shift: int = 0,
+        cache_in_memory: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -139,6 +148,13 @@ class FaceDataModule(LightningDataModule):
             raise ValueError(f"lfw_crop_size and crop_size must be positive, got {lfw_crop_size} and {crop_size}")
         if min_images_per_identity < 1:
             raise ValueError(f"min_images_per_identity must be >= 1, got {min_images_per_identity}")
+        if random_shift < 0:
+            raise ValueError(f"random_shift must be >= 0 pixels, got {random_shift}")
+        if cache_in_memory and not normalize_on_device:
+            raise ValueError(
+                "cache_in_memory=True needs normalize_on_device=True: cached images are read once, so the random "
+                "flip must happen per batch after the cache"
+            )
         self.train_source = parse_source(train, "training")
         if val_sets is None:
             if train == "lfw:dev_train":
@@ -161,6 +177,8 @@ class FaceDataModule(LightningDataModule):
         self.image_size = image_size
         self.normalize_on_device = normalize_on_device
         self.flip_probability = flip_probability
+        self.random_shift = random_shift
+        self.cache_in_memory = cache_in_memory
         # Transforms validate image size, mean, std and flip probability. With normalize_on_device the workers stop
         # after the resize (uint8) and on_after_batch_transfer flips and normalises whole batches on the device.
         self.train_transform = self._transform(self.train_source.kind, flip_probability, lfw_crop_size, crop_size)
@@ -218,22 +236,28 @@ class FaceDataModule(LightningDataModule):
                 datasets[name] = build_verification_set(
                     spec, self.data_root, self._eval_transforms[kind], image_size=self.image_size
                 )
+            if self.cache_in_memory:
+                datasets = {name: InMemoryDataset(data, f"caching {name}") for name, data in datasets.items()}
             self._val_datasets = datasets
         return self._val_datasets
 
     def setup(self, stage: str) -> None:
-        if stage in ("fit", "validate"):
+        if stage in ("fit", "validate", "test"):
             self.val_datasets()
+        if stage == "fit" and self.cache_in_memory and not isinstance(self.train_set, InMemoryDataset):
+            self.train_set = InMemoryDataset(self.train_set, "caching training images")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With ``normalize_on_device``: flip (training only) and normalise the ``uint8`` images on the device."""
+        """Training: random shift; with ``normalize_on_device``: flip (training only) and normalise on the device."""
+        trainer = self.trainer
+        training = len(batch) == 2 and trainer is not None and trainer.training  # (images, labels)
+        if training and self.random_shift:
+            batch = (random_shift(batch[0], self.random_shift), batch[1])
         if not self.normalize_on_device:
             return batch
         mean, std = self.hparams.mean, self.hparams.std
-        if len(batch) == 2:  # training: (images, labels)
-            trainer = self.trainer
-            flip = self.flip_probability if trainer is not None and trainer.training else 0.0
-            return normalize_batch(batch[0], mean, std, flip), batch[1]
+        if len(batch) == 2:
+            return normalize_batch(batch[0], mean, std, self.flip_probability if training else 0.0), batch[1]
         images1, images2, *rest = batch  # verification: (images1, images2, issame[, pair_index])
         return (normalize_batch(images1, mean, std), normalize_batch(images2, mean, std), *rest)
 

@@ -33,6 +33,7 @@ __all__ = [
     "normalize",
     "normalize_batch",
     "preprocess_face",
+    "random_shift",
     "resize",
 ]
 
@@ -176,6 +177,42 @@ def normalize_batch(
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
     offset, scale = _affine_parameters(mean, std, images.device)
     return _affine(images, offset, scale)
+
+
+def random_shift(images: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+    """Translate each image of a batch by its own random offset of up to ``max_shift`` pixels, edges replicated.
+
+    The "random crop with padding" augmentation (Krizhevsky et al. 2012; CIFAR-style training), for faces whose
+    alignment is only approximate (LFW's deep-funneled crops move by a few pixels from image to image): training on
+    shifted copies makes the embedding tolerate that jitter. Offsets are uniform integers in ``[-max_shift,
+    max_shift]`` for rows and columns independently; pixels shifted in from outside repeat the border (replicate
+    padding), so no black bars appear. Works on any dtype and device, on ``[B, C, H, W]``.
+
+    Args:
+        images: A batch ``[B, C, H, W]``.
+        max_shift: Largest offset in pixels; 0 returns ``images`` unchanged.
+        generator: The random generator (``None``: torch's global one on the batch's device).
+
+    Example:
+        >>> batch = torch.arange(16.0).view(1, 1, 4, 4)
+        >>> random_shift(batch, 1).shape
+        torch.Size([1, 1, 4, 4])
+    """
+    if images.ndim != 4:
+        raise ValueError(f"random_shift expects a batch [B, C, H, W], got shape {tuple(images.shape)}")
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    if max_shift == 0:
+        return images
+    batch, _, height, width = images.shape
+    device = images.device
+    draw_on = generator.device if generator is not None else device
+    offsets = torch.randint(-max_shift, max_shift + 1, (2, batch, 1), generator=generator, device=draw_on).to(device)
+    # Clamping the source index is replicate padding without materialising a padded copy.
+    rows = (torch.arange(height, device=device) + offsets[0]).clamp_(0, height - 1)
+    cols = (torch.arange(width, device=device) + offsets[1]).clamp_(0, width - 1)
+    index = torch.arange(batch, device=device)[:, None, None]
+    return images[index, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
 def preprocess_face(
