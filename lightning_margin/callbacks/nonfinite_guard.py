@@ -1,0 +1,538 @@
+"""Numerical safety: stop (or skip) the training step in which the embeddings, the loss or a gradient is not finite."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from lightning_margin._validation import check_choice, check_integer
+from lightning_margin.callbacks.head_path import resolve_head
+
+__all__ = [
+    "EmbeddingStatistics",
+    "NonFiniteError",
+    "NonFiniteGuard",
+    "NonFiniteReport",
+    "describe_head",
+    "embedding_statistics",
+    "nonfinite_parameters",
+]
+
+ACTIONS = ("stop", "skip")
+# How many parameter names a report lists; the count is always given.
+_NAMES_SHOWN = 5
+
+
+# ---- functional core ------------------------------------------------------------------------------------------
+
+
+def _screen(tensors: Iterable[Tensor]) -> Tensor:
+    """A 0-dim bool tensor that is True if ``tensors`` may hold a NaN or inf, without a host synchronisation.
+
+    The 2-norm of all values (:func:`torch.nn.utils.get_total_norm`: one fused kernel per device and dtype on GPU,
+    as gradient clipping uses) is NaN or inf whenever a value is; it also overflows for finite values beyond
+    about 1e19, so a True is only a reason to look closer (:func:`nonfinite_parameters`), never a verdict.
+    """
+    parts = [t.coalesce().values() if t.is_sparse else t for t in tensors]
+    parts = [t for t in parts if t.numel()]
+    if not parts:
+        return torch.tensor(False)
+    return ~torch.isfinite(torch.nn.utils.get_total_norm(parts, norm_type=2.0))
+
+
+def nonfinite_parameters(named_parameters: Iterable[tuple[str, nn.Parameter]]) -> list[str]:
+    """Names of the parameters whose ``.grad`` holds a NaN or inf, in the given order (parameters without grad skipped).
+
+    Example:
+        >>> weight = nn.Parameter(torch.zeros(2))
+        >>> weight.grad = torch.tensor([0.0, float("inf")])
+        >>> nonfinite_parameters([("weight", weight), ("bias", nn.Parameter(torch.zeros(1)))])
+        ['weight']
+    """
+    names = []
+    for name, parameter in named_parameters:
+        grad = parameter.grad
+        if grad is None:
+            continue
+        values = grad.coalesce().values() if grad.is_sparse else grad
+        if not bool(torch.isfinite(values).all()):
+            names.append(name)
+    return names
+
+
+@dataclass(frozen=True)
+class EmbeddingStatistics:
+    """What a batch of embeddings looked like: non-finite counts, L2 norms and cosines to the class centres.
+
+    Norms and cosines are over the rows without NaN or inf (``None`` when no row is finite, or when no class
+    centres / labels were given). ``true_cosine_*`` is each row's cosine to its own class (the nearest of its
+    sub-centres).
+    """
+
+    rows: int
+    nonfinite_rows: int
+    nan_values: int
+    inf_values: int
+    norm_min: float | None = None
+    norm_max: float | None = None
+    cosine_min: float | None = None
+    cosine_max: float | None = None
+    true_cosine_min: float | None = None
+    true_cosine_max: float | None = None
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.nonfinite_rows} of {self.rows} rows non-finite ({self.nan_values} NaN and {self.inf_values} inf "
+            "values)"
+        )
+        if self.norm_min is not None:
+            text += f"; L2 norm of the finite rows min {self.norm_min:.6g} max {self.norm_max:.6g}"
+        if self.cosine_min is not None:
+            text += f"; cosine to the class centres min {self.cosine_min:.6g} max {self.cosine_max:.6g}"
+        if self.true_cosine_min is not None:
+            text += f", to the true class min {self.true_cosine_min:.6g} max {self.true_cosine_max:.6g}"
+        return text
+
+
+def embedding_statistics(
+    embeddings: Tensor,
+    class_centres: Tensor | None = None,
+    labels: Tensor | None = None,
+    rows_per_class: int = 1,
+    class_offset: int = 0,
+) -> EmbeddingStatistics:
+    """Non-finite counts, min/max L2 norm and min/max cosine to the class centres of ``[B, D]`` embeddings.
+
+    Args:
+        embeddings: ``[B, D]``, any floating dtype (computed in float32, or float64 for float64 inputs).
+        class_centres: A head's ``[num_classes * rows_per_class, D]`` weight (class-major rows), or ``None``.
+        labels: ``[B]`` class ids for the cosine to the true class, or ``None``.
+        rows_per_class: Sub-centres per class.
+        class_offset: The class id of the first row of ``class_centres`` (a shard of a sharded head); labels
+            outside the rows held are left out of the true-class cosine.
+
+    Example:
+        >>> embeddings = torch.tensor([[3.0, 4.0], [float("inf"), 0.0]])
+        >>> stats = embedding_statistics(embeddings, class_centres=torch.eye(2), labels=torch.tensor([1, 0]))
+        >>> stats.nonfinite_rows, stats.norm_max
+        (1, 5.0)
+        >>> print(stats)  # doctest: +NORMALIZE_WHITESPACE
+        1 of 2 rows non-finite (0 NaN and 1 inf values); L2 norm of the finite rows min 5 max 5; cosine to the class
+        centres min 0.6 max 0.8, to the true class min 0.8 max 0.8
+    """
+    with torch.no_grad():
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        x = embeddings.detach().to(dtype)
+        finite_rows = torch.isfinite(x).all(dim=1)
+        stats: dict[str, Any] = {
+            "rows": x.shape[0],
+            "nonfinite_rows": int((~finite_rows).sum()),
+            "nan_values": int(torch.isnan(x).sum()),
+            "inf_values": int(torch.isinf(x).sum()),
+        }
+        x = x[finite_rows]
+        if x.shape[0]:
+            norms = torch.linalg.vector_norm(x, dim=1)
+            stats.update(norm_min=float(norms.min()), norm_max=float(norms.max()))
+            if class_centres is not None and class_centres.shape[0]:
+                centres = class_centres.detach().to(device=x.device, dtype=dtype)
+                cosine = F.normalize(x, dim=1) @ F.normalize(centres, dim=1).T  # [B', C * K]
+                stats.update(cosine_min=float(cosine.min()), cosine_max=float(cosine.max()))
+                if labels is not None:
+                    local = labels.detach().to(x.device)[finite_rows] - class_offset
+                    held = (local >= 0) & (local < centres.shape[0] // rows_per_class)
+                    if bool(held.any()):
+                        per_class = cosine[held].view(int(held.sum()), -1, rows_per_class)
+                        true = per_class[torch.arange(per_class.shape[0], device=x.device), local[held]].amax(dim=1)
+                        stats.update(true_cosine_min=float(true.min()), true_cosine_max=float(true.max()))
+    return EmbeddingStatistics(**stats)
+
+
+def _margin_head(head: nn.Module | None) -> nn.Module | None:
+    """The module holding the class centres: the head itself, or the head a wrapper (ShardedMarginHead) holds."""
+    if head is None or isinstance(getattr(head, "weight", None), Tensor):
+        return head
+    inner = getattr(head, "head", None)
+    return inner if isinstance(getattr(inner, "weight", None), Tensor) else None
+
+
+def describe_head(head: nn.Module | None) -> str:
+    """The head's registry name, class and hyperparameters, e.g. ``arcface ArcFace(embedding_size=512, ...)``.
+
+    A wrapper such as :class:`~lightning_margin.parallel.ShardedMarginHead` is described with the head it holds.
+
+    Example:
+        >>> from lightning_margin.heads import create_head
+        >>> describe_head(create_head("cosface", embedding_size=8, num_classes=3, margin=0.35))
+        'cosface CosFace(embedding_size=8, num_classes=3, scale=64.0, margin=0.35)'
+    """
+    if head is None:
+        return "(no head)"
+    text = f"{type(head).__name__}({head.extra_repr()})"
+    name = getattr(head, "head_name", None)
+    if name:
+        text = f"{name} {text}"
+    inner = _margin_head(head)
+    if inner is not None and inner is not head:
+        text = f"{describe_head(inner)} in {text}"
+    return text
+
+
+@dataclass(frozen=True)
+class NonFiniteReport:
+    """Where a non-finite value appeared and what the step looked like: the content of the guard's message.
+
+    ``kinds`` lists what was not finite on this process (``"embeddings"``, ``"loss"``, ``"gradients"``); it is
+    empty when only another DDP rank found something (every rank then acts, so the replicas stay identical).
+    """
+
+    kinds: tuple[str, ...]
+    global_step: int
+    epoch: int
+    batch_indices: tuple[int, ...]
+    head: str
+    loss: float | None = None
+    embeddings: EmbeddingStatistics | None = None
+    nonfinite_parameters: tuple[str, ...] = ()
+    checked_parameters: int = 0
+    gradients_checked: bool = True
+    rank: int | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def __str__(self) -> str:
+        where = f"rank {self.rank}: " if self.rank is not None else ""
+        batches = ", ".join(map(str, self.batch_indices)) or "?"
+        plural = "es" if len(self.batch_indices) > 1 else ""
+        what = " and ".join(self.kinds) if self.kinds else "values on another rank"
+        parts = [
+            f"{where}non-finite {what} at global step {self.global_step} (epoch {self.epoch}, batch{plural} "
+            f"{batches}); head: {self.head}"
+        ]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.6g}")
+        if self.embeddings is not None:
+            parts.append(f"embeddings: {self.embeddings}")
+        if self.nonfinite_parameters:
+            shown = ", ".join(self.nonfinite_parameters[:_NAMES_SHOWN])
+            more = ", ..." if len(self.nonfinite_parameters) > _NAMES_SHOWN else ""
+            parts.append(
+                f"non-finite gradients in {len(self.nonfinite_parameters)} of {self.checked_parameters} "
+                f"parameters ({shown}{more})"
+            )
+        elif not self.gradients_checked:
+            parts.append("gradients not checked (fp16 GradScaler: inf gradients are its business)")
+        return "; ".join([*parts, *self.notes])
+
+
+class NonFiniteError(RuntimeError):
+    """Raised by :class:`NonFiniteGuard` to stop a run; ``report`` holds the details as a :class:`NonFiniteReport`."""
+
+    def __init__(self, report: NonFiniteReport, suffix: str = "") -> None:
+        super().__init__(f"{report}{suffix}")
+        self.report = report
+
+
+# ---- the callback ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _MicroBatch:
+    """What the guard saw of one training batch (several per optimizer step with gradient accumulation)."""
+
+    batch_idx: int
+    embeddings: Tensor | None = None  # detached; the first non-finite ones if any, else the last seen
+    labels: Tensor | None = None
+    embeddings_nonfinite: bool = False
+    losses: list[Tensor] = field(default_factory=list)  # detached losses passed to backward
+    loss_flags: list[Tensor] = field(default_factory=list)  # 0-dim bool, not yet read (no sync)
+
+
+class NonFiniteGuard(Callback):
+    """Stops the run (or skips the optimizer step) in the training step where the embeddings, the loss or a
+    gradient stops being finite, with a message naming the step, the head and the embeddings' norms and cosines.
+
+    Without it a single NaN goes unnoticed into the weights and the optimizer's momentum, and every later step is
+    NaN. What is checked, and where (everything before ``optimizer.step``, so nothing is trained on NaN):
+
+    * **Embeddings**, as the LightningModule's ``forward`` returns them in a training step (MarginModule's
+      contract: ``forward(images)`` is the embeddings). The heads reject non-finite embeddings with a
+      ``ValueError`` that would end the run without context; the guard sees them first. The step then goes on
+      with the non-finite entries replaced by zeros and the head's loss made NaN (so ``train/loss`` shows the
+      fault), and the decision is taken at ``on_before_optimizer_step`` like the others, which keeps every DDP
+      rank in the same collectives.
+    * **The loss** passed to backward, in ``on_before_backward``. ``on_train_batch_end`` would be too late: it
+      runs after ``optimizer.step``, when the NaN is already in the weights and the momentum.
+    * **Gradients**, in ``on_before_optimizer_step`` (after Lightning has unscaled them under AMP), with one
+      fused reduction; the names of the non-finite ones are only looked up once a fault is found.
+
+    Under fp16 mixed precision with a ``GradScaler`` inf gradients are normal: the scaler skips that step and
+    lowers the scale. The guard then checks only the embeddings and the loss (a non-finite loss is no scaling
+    problem, and the scaler would lower the scale forever). bf16 and fp32 have no scaler: gradients are checked.
+
+    On a fault:
+
+    * ``action="stop"`` raises :class:`NonFiniteError` (a ``RuntimeError``) before the optimizer step: the weights
+      and the optimizer state are those from before the step (the forward pass's buffers too, with
+      ``restore_buffers``).
+    * ``action="skip"`` sets every gradient of the optimizer to ``None``, so SGD and AdamW leave the parameters and
+      their state (momentum, moments, step count) untouched; the step counter, the LR schedule and the data move
+      on, as with a step the ``GradScaler`` skips. The skip is warned about with the same message, counted
+      (:attr:`skipped_steps`, kept in checkpoints) and logged as ``train/skipped_steps`` every step. After
+      ``max_skips`` skipped steps the next fault stops the run.
+
+    Cost in the normal case: one reduction over the embeddings read by the host in the forward pass (the head
+    reads one already), one fused reduction over the gradients and the losses read once per optimizer step, plus
+    one all-reduce of a flag per step under DDP; with ``restore_buffers`` a copy of the module's buffers per step.
+    Statistics (norms, cosines, parameter names) are computed only when a fault is found.
+
+    Args:
+        action: ``"stop"`` (raise) or ``"skip"`` (drop this step's update and go on).
+        max_skips: With ``"skip"``: stop at the first fault after this many skipped steps (``None``: never).
+        restore_buffers: Copy the module's buffers (BatchNorm running statistics, head statistics such as
+            CurricularFace's ``t``) before every step and put them back on a fault: a forward pass on non-finite
+            values leaves NaN in running statistics, which would make every later evaluation NaN.
+        head_path: Dotted path from the LightningModule to the head, for the message; ``None``: no head.
+
+    Example:
+        >>> from lightning_margin.callbacks import NonFiniteGuard  # doctest: +SKIP
+        >>> trainer = pl.Trainer(callbacks=[NonFiniteGuard(action="skip", max_skips=10)])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        action: Literal["stop", "skip"] = "stop",
+        max_skips: int | None = None,
+        restore_buffers: bool = True,
+        head_path: str | None = "head",
+    ) -> None:
+        super().__init__()
+        self.action = check_choice("action", action, ACTIONS)
+        if max_skips is not None:
+            if action != "skip":
+                raise ValueError(f"`max_skips` only applies to action='skip', got action={action!r}")
+            max_skips = check_integer("max_skips", max_skips, minimum=0)
+        self.max_skips = max_skips
+        self.restore_buffers = bool(restore_buffers)
+        self.head_path = head_path
+        self.skipped_steps = 0
+        self._handles: list[RemovableHandle] = []
+        self._head: nn.Module | None = None
+        self._buffers: list[Tensor] = []
+        self._buffer_copies: list[Tensor] = []
+        self._window: list[_MicroBatch] = []  # the batches of the coming optimizer step
+        self._current: _MicroBatch | None = None  # set only inside a training batch
+
+    # ---- hooks into the module ------------------------------------------------------------------------------
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._remove_hooks()
+        self._head = None if self.head_path is None else resolve_head(pl_module, self.head_path, type(self).__name__)
+        self._handles.append(pl_module.register_forward_hook(self._on_module_forward))
+        if self._head is not None:
+            self._handles.append(self._head.register_forward_hook(self._on_head_forward, with_kwargs=True))
+        # Read once: buffers are updated in place (BatchNorm, the heads' statistics).
+        self._buffers = [buffer for buffer in pl_module.buffers() if buffer is not None] if self.restore_buffers else []
+        self._buffer_copies = [torch.empty_like(buffer) for buffer in self._buffers]
+        self._window, self._current = [], None
+
+    def _on_module_forward(self, module: nn.Module, args: Any, output: Any) -> Tensor | None:
+        record = self._current
+        if record is None or not isinstance(output, Tensor) or output.ndim != 2 or not output.is_floating_point():
+            return None  # not a training batch's embeddings (validation, or DDP's call around training_step)
+        finite = torch.isfinite(output)
+        if bool(finite.all()):
+            if not record.embeddings_nonfinite:
+                record.embeddings, record.labels = output.detach(), None
+            return None
+        if not record.embeddings_nonfinite:
+            record.embeddings, record.labels, record.embeddings_nonfinite = output.detach(), None, True
+        # A finite stand-in, so the head does not raise and every rank still runs backward (DDP's all-reduce); the
+        # head's loss is made NaN below and this step's update is dropped or the run stopped in any case.
+        return torch.where(finite, output, torch.zeros((), dtype=output.dtype, device=output.device))
+
+    def _on_head_forward(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Tensor | None:
+        record = self._current
+        if record is None:
+            return None
+        labels = kwargs.get("labels", args[1] if len(args) > 1 else None)
+        if record.labels is None and isinstance(labels, Tensor):
+            record.labels = labels.detach()
+        if record.embeddings_nonfinite and isinstance(output, Tensor) and output.is_floating_point():
+            return output * float("nan")  # keeps the graph: the loss of these embeddings is not a number
+        return None
+
+    # ---- the training step ----------------------------------------------------------------------------------
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int):
+        if not self._window and self._buffers:
+            torch._foreach_copy_(self._buffer_copies, self._buffers)  # one fused copy, not one kernel per buffer
+        self._current = _MicroBatch(batch_idx)
+        self._window.append(self._current)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._current = None
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        record = self._current if self._current is not None else (self._window[-1] if self._window else None)
+        if record is None:
+            return
+        loss = loss.detach()
+        record.losses.append(loss)
+        record.loss_flags.append(~torch.isfinite(loss).all())  # read at the optimizer step: one sync for all
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        window, self._window = self._window, []
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        check_gradients = not _scales_gradients(trainer)
+        grads = [p.grad for p in parameters if p.grad is not None] if check_gradients else []
+        flags = [flag for record in window for flag in record.loss_flags]
+        if grads:
+            flags.append(_screen(grads))
+        local = any(record.embeddings_nonfinite for record in window)
+        bad_parameters: list[str] | None = None
+        if not local and flags:
+            device = flags[0].device
+            if bool(torch.stack([flag.to(device) for flag in flags]).any()):  # the step's one host sync
+                # Confirm: the gradient screen also fires on huge finite values.
+                bad_parameters = self._nonfinite_parameters(pl_module, parameters) if grads else []
+                local = bool(bad_parameters) or any(bool(flag) for record in window for flag in record.loss_flags)
+        fault = trainer.strategy.reduce_boolean_decision(local, all=False) if trainer.world_size > 1 else local
+        if fault:
+            self._handle_fault(trainer, pl_module, window, parameters, check_gradients, bad_parameters, local)
+        if self.action == "skip":
+            pl_module.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+
+    def _handle_fault(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        window: Sequence[_MicroBatch],
+        parameters: Sequence[nn.Parameter],
+        check_gradients: bool,
+        bad_parameters: list[str] | None,
+        local: bool,
+    ) -> None:
+        report = self._report(trainer, pl_module, window, parameters, check_gradients, bad_parameters, local)
+        for live, saved in zip(self._buffers, self._buffer_copies, strict=True):
+            live.copy_(saved)
+        if self.action == "stop":
+            raise NonFiniteError(report, "; stopping (NonFiniteGuard(action='skip') would skip such steps)")
+        if self.max_skips is not None and self.skipped_steps >= self.max_skips:
+            suffix = f"; stopping: {self.skipped_steps} steps already skipped (max_skips={self.max_skips})"
+            raise NonFiniteError(report, suffix)
+        for parameter in parameters:
+            parameter.grad = None  # SGD / AdamW leave parameters without a gradient and their state untouched
+        self.skipped_steps += 1
+        if local:  # the ranks that only followed another rank's decision stay quiet
+            warnings.warn(f"{report}; step skipped ({self.skipped_steps} so far)", RuntimeWarning, stacklevel=2)
+
+    def _report(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        window: Sequence[_MicroBatch],
+        parameters: Sequence[nn.Parameter],
+        check_gradients: bool,
+        bad_parameters: list[str] | None,
+        local: bool,
+    ) -> NonFiniteReport:
+        """The :class:`NonFiniteReport` of an optimizer step over the batches ``window`` (computed on a fault)."""
+        bad_losses = [loss for record in window for loss in record.losses if not bool(torch.isfinite(loss).all())]
+        # The guard itself makes the loss of non-finite embeddings NaN: that is no separate fault of the loss.
+        bad_loss_elsewhere = any(
+            not record.embeddings_nonfinite and not bool(torch.isfinite(loss).all())
+            for record in window
+            for loss in record.losses
+        )
+        all_losses = [loss for record in window for loss in record.losses]
+        loss = bad_losses[0] if bad_losses else (all_losses[-1] if all_losses else None)
+        if loss is not None:
+            # Undo Lightning's division by the accumulation count and the GradScaler's factor (display only).
+            scaler = getattr(trainer.precision_plugin, "scaler", None)
+            scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+            loss = float(loss.float().mean()) * trainer.accumulate_grad_batches / scale
+        embeddings_nonfinite = any(record.embeddings_nonfinite for record in window)
+        # After non-finite embeddings every gradient is NaN by the guard's own doing: nothing to learn from them.
+        if embeddings_nonfinite or not check_gradients:
+            bad_parameters = []
+        elif bad_parameters is None:  # only another rank's fault: still tell what this rank's gradients hold
+            bad_parameters = self._nonfinite_parameters(pl_module, parameters)
+        kinds = []
+        if embeddings_nonfinite:
+            kinds.append("embeddings")
+        if bad_loss_elsewhere:
+            kinds.append("loss")
+        if bad_parameters:
+            kinds.append("gradients")
+        if not local:
+            kinds = []
+        faulty = [record for record in window if record.embeddings_nonfinite] or window[-1:]
+        shown = next((record for record in faulty if record.embeddings is not None), None)
+        statistics = None
+        if shown is not None:
+            head = _margin_head(self._head)
+            statistics = embedding_statistics(
+                shown.embeddings,
+                getattr(head, "weight", None),
+                shown.labels,
+                rows_per_class=int(getattr(head, "rows_per_class", 1)),
+                class_offset=int(getattr(self._head, "class_start", 0)),
+            )
+        return NonFiniteReport(
+            kinds=tuple(kinds),
+            global_step=trainer.global_step,
+            epoch=trainer.current_epoch,
+            batch_indices=tuple(record.batch_idx for record in window),
+            head=describe_head(self._head),
+            loss=loss,
+            embeddings=statistics,
+            nonfinite_parameters=tuple(bad_parameters),
+            checked_parameters=sum(p.grad is not None for p in parameters),
+            gradients_checked=check_gradients,
+            rank=trainer.global_rank if trainer.world_size > 1 else None,
+        )
+
+    @staticmethod
+    def _nonfinite_parameters(pl_module: pl.LightningModule, parameters: Sequence[nn.Parameter]) -> list[str]:
+        names = {id(p): name for name, p in pl_module.named_parameters()}
+        return nonfinite_parameters((names.get(id(p), f"<parameter {i}>"), p) for i, p in enumerate(parameters))
+
+    # ---- clean-up and checkpoints ---------------------------------------------------------------------------
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._window, self._current = [], None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._remove_hooks()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+        self._buffers, self._buffer_copies = [], []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+
+
+def _scales_gradients(trainer: pl.Trainer) -> bool:
+    """True under fp16 AMP with a GradScaler (Lightning's ``16-mixed``), whose business inf gradients are."""
+    scaler = getattr(trainer.precision_plugin, "scaler", None)
+    return scaler is not None and (not hasattr(scaler, "is_enabled") or scaler.is_enabled())
