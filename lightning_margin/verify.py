@@ -18,7 +18,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from lightning_margin.embedder import FaceEmbedder
+from lightning_margin.embedder import FaceEmbedder, download_verified
 from lightning_margin.model_card import (
     DEFAULT_TOLERANCE,
     CardSet,
@@ -78,6 +78,10 @@ def load_embedder(spec: str | os.PathLike[str], revision: str | None = None) -> 
 
     Returns:
         The :class:`LoadedModel`; ``card_sets`` is ``None`` when there is no card or it lists no results.
+
+    Raises:
+        CorruptDownloadError: for a Hub id, if the weights, config or card downloaded do not hash to what the Hub
+            lists for them at the commit (see :func:`~lightning_margin.embedder.download_verified`).
     """
     name = str(spec)
     path = Path(spec)
@@ -91,15 +95,11 @@ def load_embedder(spec: str | os.PathLike[str], revision: str | None = None) -> 
         return LoadedModel(name, embedder, _card_sets(card_path) if card_path.is_file() else None)
     if name.count("/") != 1 or name.startswith((".", "/")) or name.endswith(".ckpt"):
         raise FileNotFoundError(f"{name}: no such checkpoint or folder, and not a Hub id of the form ORG/NAME")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-
-    embedder = FaceEmbedder.from_pretrained(name, revision=revision)
-    try:
-        card_path = Path(hf_hub_download(name, "README.md", revision=revision))
-    except EntryNotFoundError:
-        return LoadedModel(name, embedder, None)
-    return LoadedModel(name, embedder, _card_sets(card_path))
+    # The card is checked against the Hub's hash like the weights, and read from the commit the model is loaded at.
+    files = download_verified(name, ["README.md"], revision=revision)
+    embedder = FaceEmbedder.from_pretrained(name, revision=files.commit)
+    card_path = files.paths.get("README.md")
+    return LoadedModel(name, embedder, _card_sets(card_path) if card_path is not None else None)
 
 
 def _card_sets(path: Path) -> dict[str, CardSet] | None:
