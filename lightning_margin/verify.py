@@ -18,7 +18,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from lightning_margin.embedder import FaceEmbedder, download_verified
+from lightning_margin.embedder import CorruptDownloadError, FaceEmbedder, download_verified
 from lightning_margin.model_card import (
     DEFAULT_TOLERANCE,
     CardSet,
@@ -38,8 +38,10 @@ __all__ = [
     "verify_models",
 ]
 
-# Exit statuses: 0 all good, 1 a metric does not reproduce its card, 2 bad usage (argparse's convention).
+# Exit statuses: 0 all good, 1 a metric does not reproduce its card, 2 bad usage (argparse's convention), 3 a download
+# does not match the Hub's hash (a different failure from a card that does not reproduce: retry, or check the mirror).
 EXIT_MISMATCH = 1
+EXIT_CORRUPT_DOWNLOAD = 3
 
 
 @dataclass
@@ -291,12 +293,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``lightning-margin verify``; returns the exit status (0 ok, 1 a metric does not reproduce)."""
+    """Entry point of ``lightning-margin verify``; returns the exit status.
+
+    0: every compared metric reproduces its card; 1: a metric does not; 3: a downloaded file does not match the
+    Hub's hash (nothing was evaluated).
+    """
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     from lightning_margin.evaluation import format_table, write_metrics_json
 
     sets = parse_pairs(args.pairs) if args.pairs else None
-    models = [load_embedder(spec, revision=args.revision) for spec in args.models]
+    try:
+        models = [load_embedder(spec, revision=args.revision) for spec in args.models]
+    except CorruptDownloadError as error:
+        print(f"lightning-margin verify: {error}", file=sys.stderr)
+        return EXIT_CORRUPT_DOWNLOAD
     names = [model.name for model in models]
     if len(set(names)) != len(names):
         raise SystemExit("lightning-margin verify: the same --model is given twice")

@@ -74,6 +74,10 @@ def folder_hashes(folder: Path) -> dict[str, str]:
     }
 
 
+def hub_commit(hub: HubServer, repo_id: str = "org/model") -> str:
+    return HfApi(endpoint=hub.url).model_info(repo_id).sha
+
+
 def flip_first_byte(data: bytes) -> bytes:
     return bytes([data[0] ^ 0xFF]) + data[1:]
 
@@ -126,7 +130,7 @@ def test_same_length_tampering_passes_huggingface_hub_but_not_download_verified(
         files = download_verified("org/model", [filename, "absent.txt"], cache_dir=tmp_path / "b", endpoint=hub.url)
         assert files.paths[filename].read_bytes() == FILES[filename]
         assert "absent.txt" not in files.paths
-        assert files.commit == HfApi(endpoint=hub.url).model_info("org/model").sha
+        assert files.commit == hub_commit(hub)
 
 
 @pytest.mark.parametrize("announce_served_size", [False, True], ids=["size-announced", "size-consistent"])
@@ -179,9 +183,7 @@ def test_commit_failure_leaves_the_export_intact_says_what_arrived_and_a_rerun_f
 
         hub.requests.clear()
         result = publish(checkpoint, "org/model", output_dir=out, endpoint=hub.url, progress=False)
-        assert result.commit_url is not None and result.commit_url.endswith(
-            HfApi(endpoint=hub.url).model_info("org/model").sha
-        )
+        assert result.commit_url is not None and result.commit_url.endswith(hub_commit(hub))
         assert not [path for method, path in hub.requests if method == "PUT"]  # weights not sent again
         assert folder_hashes(out) == at_first_request[0]  # the rerun writes the same export
         published = hub.files("org/model")
@@ -294,18 +296,16 @@ _COMMANDS = r"""
 import json, sys
 import torch
 from lightning_margin import publish, verify
-from lightning_margin.embedder import CorruptDownloadError, FaceEmbedder
+from lightning_margin.embedder import FaceEmbedder
 
 checkpoint, repo, out = sys.argv[1:4]
 command = [checkpoint, "--repo-id", repo, "--output-dir", out, "--no-progress"]
 status = {"publish": publish.main(command)}
-print("---", file=sys.stderr)
+print("<<next command>>", file=sys.stderr)
 status["publish again"] = publish.main(command)
-try:
-    FaceEmbedder.from_pretrained(repo)
-    status["tampered download"] = "loaded"
-except CorruptDownloadError as error:
-    status["tampered download"] = str(error)
+print("<<next command>>", file=sys.stderr)
+status["verify tampered"] = verify.main(["--model", repo, "--no-progress"])
+print("<<next command>>", file=sys.stderr)
 status["verify"] = verify.main(["--model", repo, "--no-progress"])
 images = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 local = FaceEmbedder.from_checkpoint(checkpoint)
@@ -339,12 +339,15 @@ def test_the_commands_fail_with_a_message_then_finish_and_refuse_a_tampered_down
         )
         assert process.returncode == 0, process.stderr[-3000:]
         status = json.loads(process.stdout.strip().splitlines()[-1])
+        assert status == {"publish": 1, "publish again": 0, "verify tampered": 3, "verify": 0, "embeddings equal": True}
+        failed_publish, _, tampered_verify, _ = process.stderr.split("<<next command>>")
+        assert "lightning-margin publish: Uploading" in failed_publish
+        assert f"not uploaded: {', '.join(EXPORT)}." in failed_publish
         weights = sha256((out / "model.safetensors").read_bytes())
-        tampered = status.pop("tampered download")
-        assert status == {"publish": 1, "publish again": 0, "verify": 0, "embeddings equal": True}
-        assert f"model.safetensors: sha256 expected {weights}, received " in tampered
-        first_run = process.stderr.split("---")[0]
-        assert "lightning-margin publish: Uploading" in first_run
-        assert f"not uploaded: {', '.join(EXPORT)}." in first_run
+        assert (
+            f"lightning-margin verify: org/model@{hub_commit(hub)}: downloaded content does not match"
+            in tampered_verify
+        )
+        assert f"model.safetensors: sha256 expected {weights}, received " in tampered_verify
         published = hub.files("org/model")
         assert {name: sha256(published[name]) for name in EXPORT} == folder_hashes(out)
