@@ -1,6 +1,7 @@
 """NonFiniteGuard: a NaN or inf in the embeddings, the loss or a gradient stops (or skips) the step it appears in."""
 
 import copy
+import csv
 import math
 import re
 import warnings
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
@@ -172,8 +174,7 @@ def test_stop_raises_in_the_step_of_a_non_finite_embedding_with_its_statistics(k
     assert number("to the true class min NUMBER max NUMBER", message) == pytest.approx(
         (float(true.min()), float(true.max())), rel=1e-5, abs=1e-6
     )
-    # The loss the guard saw is the NaN it made of those embeddings' loss.
-    assert math.isnan(report.loss)
+    assert report.loss is None  # the guard made it NaN: nothing to report
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
@@ -215,18 +216,24 @@ def test_a_sharded_head_is_named_with_the_head_it_holds():
 
 
 @pytest.mark.parametrize("kind", ["inf", "nan", "grad"])
-def test_skip_drops_exactly_that_steps_update(kind):
+def test_skip_drops_exactly_that_steps_update(tmp_path, kind):
     module = make_module({FAULT_STEP: kind})
     guard = NonFiniteGuard(action="skip")
     with pytest.warns(RuntimeWarning, match=rf"global step {FAULT_STEP} .*step skipped \(1 so far\)"):
-        trainer = fit(module, [guard])
+        # Gradient clipping (configs/trainer.yaml has it) runs after the guard, on no gradients.
+        trainer = fit(module, [guard], gradient_clip_val=0.5, logger=CSVLogger(tmp_path), log_every_n_steps=1)
     assert trainer.global_step == NUM_BATCHES and guard.skipped_steps == 1
-    assert trainer.callback_metrics["train/skipped_steps"] == 1.0
+    with open(next(tmp_path.rglob("metrics.csv"))) as handle:
+        logged = {row["step"]: row for row in csv.DictReader(handle)}
+    skipped = [float(logged[str(step)]["train/skipped_steps"]) for step in range(NUM_BATCHES)]
+    assert skipped == [0] * FAULT_STEP + [1] * (NUM_BATCHES - FAULT_STEP)
+    # The logged loss of the skipped step is NaN when its embeddings were not finite (a finite stand-in ran).
+    assert math.isnan(float(logged[str(FAULT_STEP)]["train/loss"])) == (kind != "grad")
     assert all(torch.isfinite(p).all() for p in module.parameters())
 
     # A run that never saw that batch: every other update, momentum and weight decay included, is the same.
     reference = make_module()
-    fit(reference, max_steps=NUM_BATCHES - 1, data=loader(without_batches=[FAULT_STEP]))
+    fit(reference, max_steps=NUM_BATCHES - 1, data=loader(without_batches=[FAULT_STEP]), gradient_clip_val=0.5)
     assert_same_state(module, reference)
 
 
@@ -423,3 +430,68 @@ def test_invalid_arguments_name_the_allowed_values():
         NonFiniteGuard(action="skip", max_skips=-1)
     with pytest.raises(ValueError, match="NonFiniteGuard: .* has no `backbone.head`"):
         fit(make_module(), [NonFiniteGuard(head_path="backbone.head")], max_steps=1)
+
+
+# ---- DDP: every rank takes the same decision ----------------------------------------------------------------------
+
+DDP_SCRIPT = """
+import os, sys, warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_margin.callbacks.nonfinite_guard import NonFiniteError, NonFiniteGuard
+from tests.test_nonfinite_guard import loader, make_module
+
+out, action = Path(sys.argv[1]), sys.argv[2]
+rank = int(os.environ.get("LOCAL_RANK", 0))  # Lightning sets it in the process it launches for rank 1
+module = make_module({2: "nan"} if rank == 1 else {})  # only rank 1 sees the fault, in its third step
+guard = NonFiniteGuard(action)
+trainer = pl.Trainer(
+    accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False, enable_checkpointing=False,
+    enable_progress_bar=False, enable_model_summary=False, callbacks=[guard],
+)
+result = {}
+try:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        trainer.fit(module, loader())
+    result["warnings"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+except NonFiniteError as error:
+    result.update(error=str(error), step=error.report.global_step)
+result.update(state=module.state_dict(), skipped=guard.skipped_steps)
+torch.save(result, out / f"rank{rank}.pt")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("action", ["skip", "stop"])
+def test_ddp_a_fault_on_one_rank_stops_or_skips_on_every_rank(tmp_path, action):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = tmp_path / "ddp_guard.py"
+    script.write_text(DDP_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path), action],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    if action == "stop":
+        assert [r["step"] for r in ranks] == [2, 2]  # rank 0 stopped too: no rank is left waiting in a collective
+        assert "rank 1: non-finite embeddings at global step 2" in ranks[1]["error"]
+    else:
+        assert [r["skipped"] for r in ranks] == [1, 1]
+        assert any("rank 1: non-finite embeddings at global step 2" in w for w in ranks[1]["warnings"])
+    for key, value in ranks[0]["state"].items():
+        assert torch.equal(value, ranks[1]["state"][key]), key  # the replicas are still identical
+        assert torch.isfinite(value).all(), key

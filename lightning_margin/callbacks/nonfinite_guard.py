@@ -90,10 +90,13 @@ class EmbeddingStatistics:
     true_cosine_max: float | None = None
 
     def __str__(self) -> str:
-        text = (
-            f"{self.nonfinite_rows} of {self.rows} rows non-finite ({self.nan_values} NaN and {self.inf_values} inf "
-            "values)"
-        )
+        if self.nonfinite_rows:
+            text = (
+                f"{self.nonfinite_rows} of {self.rows} rows non-finite ({self.nan_values} NaN and {self.inf_values} "
+                "inf values)"
+            )
+        else:
+            text = f"all {self.rows} rows finite"
         if self.norm_min is not None:
             text += f"; L2 norm of the finite rows min {self.norm_min:.6g} max {self.norm_max:.6g}"
         if self.cosine_min is not None:
@@ -459,12 +462,14 @@ class NonFiniteGuard(Callback):
         )
         all_losses = [loss for record in window for loss in record.losses]
         loss = bad_losses[0] if bad_losses else (all_losses[-1] if all_losses else None)
+        embeddings_nonfinite = any(record.embeddings_nonfinite for record in window)
+        if embeddings_nonfinite:
+            loss = None  # the NaN the guard made of it: no information
         if loss is not None:
             # Undo Lightning's division by the accumulation count and the GradScaler's factor (display only).
             scaler = getattr(trainer.precision_plugin, "scaler", None)
             scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
             loss = float(loss.float().mean()) * trainer.accumulate_grad_batches / scale
-        embeddings_nonfinite = any(record.embeddings_nonfinite for record in window)
         # After non-finite embeddings every gradient is NaN by the guard's own doing: nothing to learn from them.
         if embeddings_nonfinite or not check_gradients:
             bad_parameters = []
