@@ -428,8 +428,8 @@ class FaceEmbedder(
         resolved to a commit and ``config.json`` and ``model.safetensors`` are fetched with
         :func:`download_verified` before anything is read, so a file that does not hash to what the Hub lists
         raises :class:`CorruptDownloadError` (and leaves the cache) instead of being loaded. With
-        ``local_files_only`` or ``HF_HUB_OFFLINE`` the cached files are used as they are (this check vetted them
-        when they were downloaded).
+        ``local_files_only`` or ``HF_HUB_OFFLINE`` the cached files are used as they are (no request is made; files
+        this method downloaded were checked then).
 
         Example:
             >>> embedder = FaceEmbedder.from_pretrained("ORG/arcface-r50")  # doctest: +SKIP
