@@ -3,6 +3,7 @@
 import copy
 import csv
 import math
+import pickle
 import re
 import warnings
 
@@ -175,6 +176,8 @@ def test_stop_raises_in_the_step_of_a_non_finite_embedding_with_its_statistics(k
         (float(true.min()), float(true.max())), rel=1e-5, abs=1e-6
     )
     assert report.loss is None  # the guard made it NaN: nothing to report
+    unpickled = pickle.loads(pickle.dumps(caught.value))  # as multiprocessing launchers send errors back
+    assert str(unpickled) == message and unpickled.report == report
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])

@@ -209,7 +209,6 @@ class NonFiniteReport:
     checked_parameters: int = 0
     gradients_checked: bool = True
     rank: int | None = None
-    notes: tuple[str, ...] = field(default=())
 
     def __str__(self) -> str:
         where = f"rank {self.rank}: " if self.rank is not None else ""
@@ -233,7 +232,7 @@ class NonFiniteReport:
             )
         elif not self.gradients_checked:
             parts.append("gradients not checked (fp16 GradScaler: inf gradients are its business)")
-        return "; ".join([*parts, *self.notes])
+        return "; ".join(parts)
 
 
 class NonFiniteError(RuntimeError):
@@ -241,7 +240,11 @@ class NonFiniteError(RuntimeError):
 
     def __init__(self, report: NonFiniteReport, suffix: str = "") -> None:
         super().__init__(f"{report}{suffix}")
-        self.report = report
+        self.report, self.suffix = report, suffix
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exceptions pickle their message only; keep the report (multiprocessing launchers send errors back).
+        return type(self), (self.report, self.suffix)
 
 
 # ---- the callback ---------------------------------------------------------------------------------------------
@@ -306,8 +309,10 @@ class NonFiniteGuard(Callback):
         head_path: Dotted path from the LightningModule to the head, for the message; ``None``: no head.
 
     Example:
-        >>> from lightning_margin.callbacks import NonFiniteGuard  # doctest: +SKIP
-        >>> trainer = pl.Trainer(callbacks=[NonFiniteGuard(action="skip", max_skips=10)])  # doctest: +SKIP
+        >>> guard = NonFiniteGuard(action="skip", max_skips=10)
+        >>> trainer = pl.Trainer(callbacks=[guard])  # doctest: +SKIP
+        >>> guard.state_dict()  # what a checkpoint keeps
+        {'skipped_steps': 0}
     """
 
     def __init__(
