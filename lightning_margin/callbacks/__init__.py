@@ -1,8 +1,9 @@
-"""Lightning callbacks: hyperparameter schedules for the heads, the θ-distribution recorder, embedder export."""
+"""Lightning callbacks: head hyperparameter schedules, numerical safety, the θ-distribution recorder, embedder export."""
 
 from lightning_margin.callbacks.embedder_artifact import EmbedderArtifact
 from lightning_margin.callbacks.hyperparameter_schedule import HeadHyperparameterSchedule
 from lightning_margin.callbacks.margin_scheduler import MarginScheduler
+from lightning_margin.callbacks.nonfinite_guard import NonFiniteError, NonFiniteGuard
 from lightning_margin.callbacks.sphereface_annealing import SphereFaceAnnealing
 from lightning_margin.callbacks.theta_distribution import ThetaDistribution
 
@@ -10,6 +11,8 @@ __all__ = [
     "EmbedderArtifact",
     "HeadHyperparameterSchedule",
     "MarginScheduler",
+    "NonFiniteError",
+    "NonFiniteGuard",
     "SphereFaceAnnealing",
     "ThetaDistribution",
 ]
