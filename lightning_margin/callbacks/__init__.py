@@ -1,4 +1,4 @@
-"""Lightning callbacks: head hyperparameter schedules, numerical safety, the θ-distribution recorder, embedder export."""
+"""Lightning callbacks: head hyperparameter schedules, numerical safety, θ-distribution recording, export."""
 
 from lightning_margin.callbacks.embedder_artifact import EmbedderArtifact
 from lightning_margin.callbacks.hyperparameter_schedule import HeadHyperparameterSchedule
