@@ -21,8 +21,10 @@ List formats (tab separated; image numbers are 1-based, ``_%04d`` in file names)
 * pair lists: a header ``pairs`` (one fold) or ``folds<TAB>pairs``; each fold has ``pairs`` same-person lines
   ``Name<TAB>i<TAB>j`` followed by ``pairs`` different-person lines ``NameA<TAB>i<TAB>NameB<TAB>j``.
 
-Parsing validates every count and line; errors name the list file and line number. Missing images are reported
-with the list file and line that names them.
+Parsing validates every count and line; errors (``ValueError``) name the list file and the 1-based line number, as an
+editor numbers lines. Image counts and numbers are at most 9999 (four-digit file names) and names must be usable as
+folder names (no path separators or control characters). Missing images are reported with the list file and line that
+names them.
 """
 
 from __future__ import annotations
@@ -92,13 +94,40 @@ def lfw_image_path(name: str, number: int) -> str:
     return f"{name}/{name}_{number:04d}.jpg"
 
 
+#: Image numbers are written with four digits (``_%04d``): a larger count or number is a corrupt line, not a person
+#: with 10,000 photos (LFW's largest identity has 530), and would make a dataset index billions of paths.
+_MAX_IMAGE_NUMBER = 9999
+#: Header counts (people, folds, pairs) are compared with the lines that follow; this only bounds the parse.
+_MAX_COUNT = 10**9 - 1
+_UTF8_BOM = "\ufeff"
+
+
+def _quote(text: str, limit: int = 60) -> str:
+    """``repr`` of a field or line for an error message, shortened so a garbled megabyte-long line stays readable."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
-    """Non-blank lines as ``(line_number, fields)``; a blank line is allowed only at the end of the file."""
+    """Non-blank lines as ``(line_number, fields)``; a blank line is allowed only at the end of the file.
+
+    Lines are split on ``\n`` only, so line numbers are the ones an editor shows (``str.splitlines`` would also break
+    at ``\x0b``, ``\x1c``, ``\x85``, ``\u2028``... and shift every later number); fields are split on whitespace.
+    Each line is decoded on its own, so a non-UTF-8 byte is reported with its line. A UTF-8 byte-order mark (what
+    some Windows editors write) is ignored.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"LFW list file not found: {path}") from None
-    lines = text.splitlines()
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{path}:{number}: not UTF-8 text: byte 0x{raw[error.start]:02x} at column {error.start + 1}"
+            ) from None
+    lines[0] = lines[0].removeprefix(_UTF8_BOM)
     while lines and not lines[-1].strip():
         lines.pop()
     parsed = []
@@ -107,14 +136,29 @@ def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
             raise ValueError(f"{path}:{number}: unexpected blank line")
         parsed.append((number, line.split()))
     if not parsed:
-        raise ValueError(f"{path}: the list file is empty")
+        raise ValueError(f"{path}:1: the list file is empty (expected a header count)")
     return parsed
 
 
-def _positive_int(text: str, path: Path, line: int, what: str) -> int:
-    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
-        raise ValueError(f"{path}:{line}: {what} must be a positive integer, got {text!r}")
+def _positive_int(text: str, path: Path, line: int, what: str, maximum: int = _MAX_COUNT) -> int:
+    # ASCII digits only (str.isdigit also accepts "²" and other scripts' digits, which int() then rejects or reads);
+    # the length is checked before int(), which refuses numbers past 4300 digits with a message naming no file.
+    if not (text.isascii() and text.isdigit()) or not text.strip("0"):
+        raise ValueError(f"{path}:{line}: {what} must be a positive integer, got {_quote(text)}")
+    if len(text.lstrip("0")) > len(str(maximum)) or int(text) > maximum:
+        raise ValueError(f"{path}:{line}: {what} must be at most {maximum}, got {_quote(text)}")
     return int(text)
+
+
+def _person_name(text: str, path: Path, line: int) -> str:
+    # A name becomes a folder and file name (Name/Name_0001.jpg): a separator or "..", or a control character, would
+    # read outside the images folder or fail inside open() with a message naming no list line.
+    if text in (".", "..") or "/" in text or "\\" in text or not text.isprintable():
+        raise ValueError(
+            f"{path}:{line}: {_quote(text)} is not a usable person name (it names a folder: no path separators, "
+            "'.' or '..', or control characters)"
+        )
+    return text
 
 
 def read_people_list(path: str | Path) -> list[PersonEntry]:
@@ -151,10 +195,14 @@ def read_people_list(path: str | Path) -> list[PersonEntry]:
         count, count_line = header, first_line
         if multi_fold:
             if position >= len(lines):
-                raise ValueError(f"{path}: the header announces {header} folds, the file ends after {fold}")
+                raise ValueError(
+                    f"{path}:{first_line}: the header announces {header} folds, the file ends after {fold}"
+                )
             count_line, fields = lines[position]
             if len(fields) != 1:
-                raise ValueError(f"{path}:{count_line}: expected the person count of fold {fold + 1}, got {fields!r}")
+                raise ValueError(
+                    f"{path}:{count_line}: expected the person count of fold {fold + 1}, got {_quote(' '.join(fields))}"
+                )
             count = _positive_int(fields[0], path, count_line, f"fold {fold + 1}'s count")
             position += 1
         people = lines[position : position + count]
@@ -164,8 +212,9 @@ def read_people_list(path: str | Path) -> list[PersonEntry]:
             )
         for line, fields in people:
             if len(fields) != 2:
-                raise ValueError(f"{path}:{line}: expected 'Name<TAB>count', got {' '.join(fields)!r}")
-            name, num_images = fields[0], _positive_int(fields[1], path, line, "the image count")
+                raise ValueError(f"{path}:{line}: expected 'Name<TAB>count', got {_quote(' '.join(fields))}")
+            name = _person_name(fields[0], path, line)
+            num_images = _positive_int(fields[1], path, line, "the image count", _MAX_IMAGE_NUMBER)
             if name in seen:
                 raise ValueError(f"{path}:{line}: {name} is listed again (first on line {seen[name]})")
             seen[name] = line
@@ -174,8 +223,8 @@ def read_people_list(path: str | Path) -> list[PersonEntry]:
     if position != len(lines):
         line, fields = lines[position]
         raise ValueError(
-            f"{path}:{line}: unexpected extra line {' '.join(fields)!r} after the {len(entries)} people the header "
-            "counts announce"
+            f"{path}:{line}: unexpected extra line {_quote(' '.join(fields))} after the {len(entries)} people the "
+            "header counts announce"
         )
     return entries
 
@@ -208,7 +257,9 @@ def read_pairs_list(path: str | Path) -> list[PairEntry]:
         num_folds = _positive_int(header[0], path, header_line, "the fold count")
         per_side = _positive_int(header[1], path, header_line, "the pairs-per-side count")
     else:
-        raise ValueError(f"{path}:{header_line}: expected a header 'pairs' or 'folds<TAB>pairs', got {header!r}")
+        raise ValueError(
+            f"{path}:{header_line}: expected a header 'pairs' or 'folds<TAB>pairs', got {_quote(' '.join(header))}"
+        )
     expected = num_folds * 2 * per_side
     if len(lines) - 1 != expected:
         raise ValueError(
@@ -223,7 +274,7 @@ def read_pairs_list(path: str | Path) -> list[PairEntry]:
             if len(fields) != 3:
                 raise ValueError(
                     f"{path}:{line}: expected a same-person line 'Name<TAB>i<TAB>j' (pair {within + 1} of fold "
-                    f"{fold + 1}), got {' '.join(fields)!r}"
+                    f"{fold + 1}), got {_quote(' '.join(fields))}"
                 )
             name1, first, second = fields
             name2 = name1
@@ -231,15 +282,15 @@ def read_pairs_list(path: str | Path) -> list[PairEntry]:
             if len(fields) != 4:
                 raise ValueError(
                     f"{path}:{line}: expected a different-person line 'NameA<TAB>i<TAB>NameB<TAB>j' (pair "
-                    f"{within + 1} of fold {fold + 1}), got {' '.join(fields)!r}"
+                    f"{within + 1} of fold {fold + 1}), got {_quote(' '.join(fields))}"
                 )
             name1, first, name2, second = fields
         entries.append(
             PairEntry(
-                name1,
-                _positive_int(first, path, line, "an image number"),
-                name2,
-                _positive_int(second, path, line, "an image number"),
+                _person_name(name1, path, line),
+                _positive_int(first, path, line, "an image number", _MAX_IMAGE_NUMBER),
+                _person_name(name2, path, line),
+                _positive_int(second, path, line, "an image number", _MAX_IMAGE_NUMBER),
                 issame,
                 fold,
                 line,

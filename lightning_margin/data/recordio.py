@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
+import re
 import struct
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -64,6 +66,14 @@ _IR_HEADER = struct.Struct("<IfQQ")
 _LENGTH_MASK = (1 << 29) - 1
 # float32 represents every integer up to 2**24 exactly; keys and class labels are stored as float32 labels.
 _FLOAT32_EXACT_LIMIT = 1 << 24
+# The characters of an index as MXNet writes it ("key<TAB>offset<NEWLINE>" lines), for the vectorised parse.
+_CANONICAL_INDEX_BYTES = b"0123456789-\t\n"
+# One index line in any spacing: two integers of at most 19 digits (int64 is checked after).
+_INDEX_LINE = re.compile(rb"\s*(-?[0-9]{1,19})\s+(-?[0-9]{1,19})\s*")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+# Largest first read of a record: the gap to the next indexed offset is the record's size in a sound file, but after
+# a truncated or garbled .idx it can span gigabytes; larger records are read frame by frame, at their own lengths.
+_MAX_SIZE_HINT = 1 << 20
 
 
 class RecordIOError(ValueError):
@@ -261,26 +271,56 @@ def read_recordio_index(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         ``(keys, offsets)``, two ``int64`` arrays in file order.
 
     Raises:
-        RecordIOError: if a line is not two integers (the message names the line).
+        RecordIOError: if a non-blank line is not two integers that fit ``int64`` (the message names the line).
 
     Example:
         >>> keys, offsets = read_recordio_index("train.idx")  # doctest: +SKIP
     """
     content = Path(path).read_bytes()
-    fields = content.split()
+    parsed = _parse_canonical_index(content)
+    return parsed if parsed is not None else _parse_index_lines(content, path)
+
+
+def _parse_canonical_index(content: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """Vectorised parse of an index exactly as MXNet writes it; ``None`` for anything else (spaces, ``\\r``, blank
+    lines, a malformed or out-of-range number), which :func:`_parse_index_lines` then reads line by line."""
+    if not content:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    if not content.endswith(b"\n") or content.translate(None, _CANONICAL_INDEX_BYTES):
+        return None
+    codes = np.frombuffer(content, dtype=np.uint8)
+    separators = np.flatnonzero((codes == ord("\t")) | (codes == ord("\n")))
+    kinds = codes[separators]
+    # Tab, newline, tab, newline, ... with a non-empty field before each: every line holds exactly two fields. The
+    # field total alone is not enough: a line of 3 fields and one of 1 would pair keys with the wrong offsets.
+    if (
+        kinds.size % 2
+        or (kinds[0::2] != ord("\t")).any()
+        or (kinds[1::2] != ord("\n")).any()
+        or separators[0] == 0
+        or (np.diff(separators) == 1).any()
+    ):
+        return None
     try:
-        values = np.array(fields, dtype=np.int64)
-    except ValueError:
-        values = None
-    if values is None or values.size % 2:
-        # Slow path only to name the offending line.
-        for number, line in enumerate(content.splitlines(), start=1):
-            parts = line.split()
-            if parts and (len(parts) != 2 or not all(part.lstrip(b"-").isdigit() for part in parts)):
-                raise RecordIOError(f"{path}:{number}: expected 'key<TAB>offset', got {line[:80]!r}") from None
-        raise RecordIOError(f"{path}: malformed index")
+        values = np.array(content.split(), dtype=np.int64)
+    except (ValueError, OverflowError):  # "5-3", "-", or a number past int64
+        return None
     table = values.reshape(-1, 2)
     return table[:, 0].copy(), table[:, 1].copy()
+
+
+def _parse_index_lines(content: bytes, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    keys, offsets = [], []
+    for number, line in enumerate(content.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        match = _INDEX_LINE.fullmatch(line)
+        values = (int(match[1]), int(match[2])) if match else ()
+        if not values or not all(_INT64_MIN <= value <= _INT64_MAX for value in values):
+            raise RecordIOError(f"{path}:{number}: expected 'key<TAB>offset' (two 64-bit integers), got {line[:80]!r}")
+        keys.append(values[0])
+        offsets.append(values[1])
+    return np.array(keys, dtype=np.int64), np.array(offsets, dtype=np.int64)
 
 
 def _check_label(label: Any, position: int) -> int:
@@ -434,16 +474,18 @@ class RecordIODataset(Dataset):
             raise RecordIOError(f"{self.index_path}: the index is empty")
         bad = np.flatnonzero((offsets < 0) | (offsets >= self._file_size))
         if bad.size:
+            # Refused up front even with skip_corrupt: a .rec shorter than its index is a cut-off download (or the
+            # wrong pair of files), and skipping would silently drop every record past the cut.
             raise RecordIOError(
                 f"{self.index_path}: key {keys[bad[0]]} points at byte {offsets[bad[0]]}, outside the "
-                f"{self._file_size}-byte {self.path.name}"
+                f"{self._file_size}-byte {self.path.name} (a truncated .rec, or an .idx written for another file)"
             )
         # Expected size of each record: the gap to the next record in file order, so one pread reads it whole.
         order = np.argsort(offsets, kind="stable")
         sizes = np.empty_like(offsets)
         sizes[order[:-1]] = np.diff(offsets[order])
         sizes[order[-1]] = self._file_size - offsets[order[-1]]
-        self._sizes = sizes
+        self._sizes = np.minimum(sizes, _MAX_SIZE_HINT)
         if np.array_equal(keys, np.arange(keys.size)):
             self._offset_of = offsets  # dense keys 0..n-1 (what insightface writes): index directly
             self._position: dict[int, int] | None = None
@@ -455,18 +497,24 @@ class RecordIODataset(Dataset):
         if first is not None:
             header, _ = unpack_record(self._read_position(first, "key 0"), f"{self.path} key 0")
             if header.flag > 0 and isinstance(header.label, tuple) and len(header.label) >= 2:
-                self.identity_range = (int(header.label[0]), int(header.label[1]))
+                start, end = header.label[:2]
+                if not all(math.isfinite(value) and value.is_integer() for value in (start, end)):
+                    raise RecordIOError(f"{self.path} key 0: identity header [{start}, {end}) is not a range of keys")
+                self.identity_range = (int(start), int(end))
         if self.identity_range is not None:
             first_identity, end_identity = self.identity_range
-            if not 1 <= first_identity <= keys.size or end_identity < first_identity:
+            if not (1 <= first_identity <= keys.size and first_identity < end_identity):
                 raise RecordIOError(
                     f"{self.path} key 0: identity header [{first_identity}, {end_identity}) does not fit an index "
                     f"of {keys.size} records"
                 )
             self._image_keys = np.arange(1, first_identity, dtype=np.int64)
-            missing = [key for key in (1, first_identity - 1) if not self._has_key(key)]
+            # The header's key ranges must exist (checked at their ends): a corrupt header must not announce images,
+            # or millions of classes for the model's head, that the index does not hold.
+            named = {1, first_identity - 1, end_identity - 1}
+            missing = sorted(key for key in named if not self._has_key(key))
             if missing:
-                raise RecordIOError(f"{self.index_path}: image key {missing[0]} named by the header is not indexed")
+                raise RecordIOError(f"{self.index_path}: key {missing[0]} named by the identity header is not indexed")
             self.num_classes = end_identity - first_identity
         else:
             self._image_keys = keys
@@ -521,21 +569,34 @@ class RecordIODataset(Dataset):
         return int(value)
 
     def _num_classes_without_header(self) -> int:
-        property_file = self.path.parent / "property"
-        if property_file.is_file():
-            first_field = property_file.read_text(encoding="ascii").strip().split(",")[0]
-            if first_field.isascii() and first_field.isdigit():
-                return int(first_field)
-        # No header, no property: scan the labels (reads only each record's first bytes would need the framing;
-        # reading whole records is simpler and this path is rare).
+        declared = self._num_classes_from_property()
+        if declared is not None:
+            return declared
+        # No header, no usable property: scan the labels (reading whole records is simpler than parsing only their
+        # headers, and this path is rare).
         largest = -1
         for key in self._image_keys.tolist():
             header, _ = self.read_record(int(key))
             value = header.label[0] if isinstance(header.label, tuple) else header.label
-            if not float(value).is_integer() or value < 0:
-                raise RecordIOError(f"{self.path} key {key}: label {value} is not a class index")
+            if not float(value).is_integer() or not 0 <= value < _FLOAT32_EXACT_LIMIT:
+                raise RecordIOError(f"{self.path} key {key}: label {value} is not a class index in [0, 2**24)")
             largest = max(largest, int(value))
         return largest + 1
+
+    def _num_classes_from_property(self) -> int | None:
+        """``property``'s first field (``num_classes,height,width``) when it is a usable count, else ``None``.
+
+        The file is informative only, so a garbled one (not ASCII digits, 0, past the float32 label range) is ignored
+        rather than trusted; only its first bytes are read.
+        """
+        try:
+            with open(self.path.parent / "property", "rb") as file:
+                first_field = file.read(64).strip().split(b",")[0]
+        except OSError:  # absent (or not a file): scan instead
+            return None
+        if first_field.isdigit() and len(first_field) <= 9 and 1 <= int(first_field) <= _FLOAT32_EXACT_LIMIT:
+            return int(first_field)
+        return None
 
     # -- Dataset API --------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
