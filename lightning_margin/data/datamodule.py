@@ -15,6 +15,7 @@ from lightning_margin.data.corrupt import (
     collate_skipping_none,
 )
 from lightning_margin.data.memory import InMemoryDataset
+from lightning_margin.data.sampler import ResumableDataLoader, ResumableRandomSampler
 from lightning_margin.data.sources import (
     DATA_ENV,
     build_training_set,
@@ -270,6 +271,12 @@ class FaceDataModule(LightningDataModule):
         return torch.cuda.is_available()
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled batches that resume mid-epoch (:class:`~lightning_margin.data.sampler.ResumableDataLoader`).
+
+        Lightning saves its position in the epoch's seeded order in every checkpoint; a resumed fit continues with
+        the next unread batch, and the random flip drawn in the workers is seeded per sample, so it is the same
+        for any ``num_workers``. (With ``skip_corrupt`` the order is seeded but the position is not saved.)
+        """
         if len(self.train_set) < self.batch_size:  # type: ignore[arg-type]
             raise ValueError(
                 f"the training set has {len(self.train_set)} images, fewer than batch_size={self.batch_size}; "  # type: ignore[arg-type]
@@ -277,17 +284,26 @@ class FaceDataModule(LightningDataModule):
             )
         common = {
             "batch_size": self.batch_size,
-            "shuffle": True,
             "drop_last": True,
             "num_workers": self.num_workers,
             "pin_memory": self._pin_memory(),
             "persistent_workers": self.num_workers > 0,
         }
         if not self.skip_corrupt:
-            return DataLoader(self.train_set, **common)
+            # Per-sample seeds only where the workers draw random numbers (the flip; done on the device otherwise).
+            seed_samples = self.train_transform.flip_probability > 0
+            return ResumableDataLoader(self.train_set, shuffle=True, seed_samples=seed_samples, **common)
         wrapped = SkipCorruptDataset(self.train_set, self.skip_counter)
+        # The same seeded order (but not the position: SkipReportingDataLoader keeps no state) and a private
+        # generator, so that starting an epoch draws nothing from the global random state.
+        sampler = ResumableRandomSampler(wrapped)
         return SkipReportingDataLoader(
-            wrapped, collate_fn=collate_skipping_none, skip_counter=self.skip_counter, **common
+            wrapped,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(sampler.seed),
+            collate_fn=collate_skipping_none,
+            skip_counter=self.skip_counter,
+            **common,
         )
 
     def val_dataloader(self) -> list[DataLoader]:
