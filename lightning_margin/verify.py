@@ -18,7 +18,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from lightning_margin.embedder import CorruptDownloadError, FaceEmbedder, download_verified
+from lightning_margin.embedder import FaceEmbedder
+from lightning_margin.hub import CorruptDownloadError, download_verified
 from lightning_margin.model_card import (
     DEFAULT_TOLERANCE,
     CardSet,
@@ -83,7 +84,7 @@ def load_embedder(spec: str | os.PathLike[str], revision: str | None = None) -> 
 
     Raises:
         CorruptDownloadError: for a Hub id, if the weights, config or card downloaded do not hash to what the Hub
-            lists for them at the commit (see :func:`~lightning_margin.embedder.download_verified`).
+            lists for them at the commit (see :func:`~lightning_margin.hub.download_verified`).
     """
     name = str(spec)
     path = Path(spec)

@@ -25,7 +25,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 import lightning_margin.publish as publish_module
-from lightning_margin.embedder import CorruptDownloadError, download_verified
+from lightning_margin.hub import CorruptDownloadError, download_verified
 from lightning_margin.publish import PublishError, publish
 from tests.hub_server import HubServer, git_blob_sha1
 from tests.test_embedder import INPUT_SIZE, tiny_module
