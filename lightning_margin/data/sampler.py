@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import signal
+import threading
 import warnings
 from collections.abc import Iterator, Sized
 from contextlib import contextmanager
@@ -33,7 +35,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, g
 
 from lightning_margin._validation import check_integer
 
-__all__ = ["ResumableDataLoader", "ResumableRandomSampler", "epoch_permutation", "rank_share", "sample_seed"]
+__all__ = [
+    "DeferSigtermInWorkers",
+    "ResumableDataLoader",
+    "ResumableRandomSampler",
+    "epoch_permutation",
+    "rank_share",
+    "sample_seed",
+]
 
 _MASK64 = (1 << 64) - 1
 
@@ -316,6 +325,45 @@ class _CountingIterator(Iterator):
         return len(self.iterator)  # type: ignore[arg-type]
 
 
+class DeferSigtermInWorkers:
+    """A DataLoader ``worker_init_fn`` with which workers outlive a SIGTERM by up to ``grace_period`` seconds.
+
+    Schedulers (SLURM, ``kill -TERM -- -PGID``) signal the whole process group. A worker killed by SIGTERM makes
+    torch raise "DataLoader worker is killed by signal" in the main process at whatever it is doing (a training
+    step, writing the preemption checkpoint). With this, the first SIGTERM lets the worker go on serving while
+    Lightning finishes the step and saves; the worker then exits with status 0 (which torch does not report as
+    a crash) when the main process shuts it down, when a second SIGTERM arrives (how ``multiprocessing``
+    terminates workers at exit), or when the grace period ends. :class:`ResumableDataLoader` installs it; give
+    it to the other loaders whose workers live during training (persistent validation workers).
+
+    Args:
+        worker_init_fn: Called next, as DataLoader's own ``worker_init_fn`` (``None``: nothing).
+        grace_period: Seconds a worker keeps serving after the first SIGTERM (SLURM kills 30 s after it).
+
+    Example:
+        >>> loader = DataLoader(range(8), num_workers=2, worker_init_fn=DeferSigtermInWorkers())
+    """
+
+    def __init__(self, worker_init_fn: Any = None, grace_period: float = 30.0) -> None:
+        self.worker_init_fn = worker_init_fn
+        self.grace_period = grace_period
+
+    def __call__(self, worker_id: int) -> None:
+        received = threading.Event()
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if received.is_set():  # the second one: the main process is terminating its workers
+                os._exit(0)
+            received.set()
+            timer = threading.Timer(self.grace_period, os._exit, args=(0,))
+            timer.daemon = True
+            timer.start()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        if self.worker_init_fn is not None:
+            self.worker_init_fn(worker_id)
+
+
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` that Lightning resumes mid-epoch: same order, next unread batch, same augmentations.
 
@@ -331,7 +379,10 @@ class ResumableDataLoader(DataLoader):
       transform) is then a pure function of the sample and the epoch, the same for any ``num_workers``, rank or
       resume point, and reading data leaves the main process's random state untouched;
     * iterates with a generator of its own (seeded from the sampler's seed), so creating the iterator draws
-      nothing from the global random state either.
+      nothing from the global random state either;
+    * lets its worker processes outlive a SIGTERM (:class:`DeferSigtermInWorkers`): when a scheduler signals the
+      whole process group, the main process finishes the step and saves its checkpoint instead of failing on a
+      killed worker.
 
     With another ``sampler`` (Lightning passes a ``SequentialSampler`` for ``overfit_batches``) it is a plain
     ``DataLoader`` with an empty state.
@@ -383,8 +434,17 @@ class ResumableDataLoader(DataLoader):
             dataset = _SampleSeeded(dataset, sampler.seed, self._epoch)
         if generator is None and self.resumable:
             generator = torch.Generator().manual_seed(sampler.seed)
+        worker_init_fn = kwargs.pop("worker_init_fn", None)
+        if not isinstance(worker_init_fn, DeferSigtermInWorkers):
+            worker_init_fn = DeferSigtermInWorkers(worker_init_fn)
         super().__init__(
-            dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, generator=generator, **kwargs
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            generator=generator,
+            worker_init_fn=worker_init_fn,
+            **kwargs,
         )
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
