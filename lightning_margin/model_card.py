@@ -188,9 +188,15 @@ def _training_section(config: Mapping[str, Any]) -> str:
         f"- training identities: {config.get('num_classes')}",
     ]
     if training.get("global_step") is not None:
-        lines.append(f"- optimizer steps: {training.get('global_step')}, epochs completed: {training.get('epoch')}")
-    lines += ["", "The exact configuration:", "", "```yaml"]
-    lines.append(yaml.safe_dump(training, sort_keys=False, default_flow_style=None).rstrip() if training else "{}")
+        steps, epoch = training.get("global_step"), training.get("epoch")
+        lines.append(f"- optimizer steps: {steps}, epoch of the checkpoint (0-based): {epoch}")
+    resolved = {key: value for key, value in training.items() if key != "config_file"}
+    if training.get("config_file"):
+        # The file as written (comments included) is what people copy to retrain; the resolved one follows.
+        lines += ["", "The config file it was trained with:", "", "```yaml", str(training["config_file"]).rstrip()]
+        lines += ["```"]
+    lines += ["", "The exact resolved configuration:", "", "```yaml"]
+    lines.append(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None).rstrip() if resolved else "{}")
     lines += ["```", ""]
     return "\n".join(lines)
 

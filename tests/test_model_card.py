@@ -125,3 +125,12 @@ def test_compare_metrics_flags_differences_beyond_the_tolerance_only():
     assert compare_metrics(card, {"lfw": {"accuracy": 0.9, "eer": 0.1, "auc": math.nan}}, tolerance=0) == []
     with pytest.raises(ValueError, match="tolerance"):
         compare_metrics(card, {}, tolerance=-1)
+
+
+def test_the_config_file_is_shown_verbatim_and_not_repeated_in_the_resolved_config():
+    written = "# ArcFace, small data\nmodel:\n  head: arcface  # the loss\n  head_kwargs: {scale: 16.0, margin: 0.3}\n"
+    config = {**CONFIG, "training": {**CONFIG["training"], "config_file": written}}
+    text = str(build_model_card(config, {"lfw_dev_test": LFW}, {"lfw_dev_test": "lfw:dev_test"}))
+    assert "```yaml\n" + written.rstrip() + "\n```" in text  # comments and layout kept
+    resolved = text.split("The exact resolved configuration:")[1].split("```yaml\n")[1].split("```")[0]
+    assert "config_file" not in resolved and yaml.safe_load(resolved)["global_step"] == 900
