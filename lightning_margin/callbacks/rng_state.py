@@ -82,6 +82,9 @@ class RNGStateCheckpoint(Callback):
       afterwards (its DataLoaders draw a seed when they start iterating), so how often one validates does not
       change training, and a checkpoint written before validation resumes into the same stream as one written
       after it;
+    * the validation DataLoaders get a private generator at ``on_train_start``: a fit resumed from a checkpoint
+      written just before a validation starts their iterator once more (to skip that validation), between
+      ``on_train_start`` and the first batch, where no callback hook runs;
     * the state is restored in ``on_train_start``, after Lightning has built the resumed iterators and run the
       sanity check.
 
