@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     MarginCLI(
         MarginModule,
         FaceDataModule,
-        args=args,
+        args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself (no "both given" warning)
         auto_configure_optimizers=False,  # the model owns its optimizer arguments (one way to set them)
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"prog": "lightning-margin"},

@@ -57,6 +57,13 @@ from lightning_margin.data.recordio import (
     unpack_record,
     write_recordio,
 )
+from lightning_margin.data.sampler import (
+    DeferSigtermInWorkers,
+    ResumableDataLoader,
+    ResumableRandomSampler,
+    epoch_permutation,
+    sample_seed,
+)
 from lightning_margin.data.sources import DATA_ENV, build_training_set, build_verification_set, parse_source
 from lightning_margin.data.synthetic import SyntheticFaces, SyntheticPairs, synthetic_face
 from lightning_margin.data.transforms import (
@@ -81,6 +88,7 @@ __all__ = [
     "RECORDIO_MAGIC",
     "CorruptImageError",
     "CorruptImagesSkippedWarning",
+    "DeferSigtermInWorkers",
     "FaceDataModule",
     "FaceImageFolder",
     "FaceTransform",
@@ -93,6 +101,8 @@ __all__ = [
     "RecordIOError",
     "RecordIOHeader",
     "RecordIOSummary",
+    "ResumableDataLoader",
+    "ResumableRandomSampler",
     "SkipCorruptDataset",
     "SkipCounter",
     "SkipReportingDataLoader",
@@ -108,6 +118,7 @@ __all__ = [
     "decode_and_transform",
     "decode_image",
     "download_lfw",
+    "epoch_permutation",
     "frame_record",
     "horizontal_flip",
     "lfw_image_path",
@@ -129,6 +140,7 @@ __all__ = [
     "read_people_list",
     "read_recordio_index",
     "resize",
+    "sample_seed",
     "scan_image_folder",
     "synthetic_face",
     "unpack_record",

@@ -15,7 +15,7 @@ from lightning_margin.data.corrupt import (
     collate_skipping_none,
 )
 from lightning_margin.data.memory import InMemoryDataset
-from lightning_margin.data.sampler import ResumableDataLoader, ResumableRandomSampler
+from lightning_margin.data.sampler import DeferSigtermInWorkers, ResumableDataLoader, ResumableRandomSampler
 from lightning_margin.data.sources import (
     DATA_ENV,
     build_training_set,
@@ -317,6 +317,8 @@ class FaceDataModule(LightningDataModule):
                 num_workers=self.num_workers,
                 pin_memory=self._pin_memory(),
                 persistent_workers=self.num_workers > 0,
+                # A group-wide SIGTERM (SLURM) must not kill workers while the preemption checkpoint is saved.
+                worker_init_fn=DeferSigtermInWorkers(),
             )
             for dataset in self.val_datasets().values()
         ]
