@@ -45,12 +45,16 @@ import base64
 import fnmatch
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -654,3 +658,32 @@ class _StorageHandler(_BaseHandler):
         path = self.query.get("path", [""])[0]
         served, _ = self.hub._served(path, data, consume=method == "GET")
         self._send(200, served, {"Content-Type": "application/octet-stream"}, head=method == "HEAD")
+
+
+def run_script_against_hub(script: str, *arguments: str, hub_url: str, hf_home: Path) -> tuple[dict[str, Any], str]:
+    """Run ``python -c script *arguments`` in a fresh process whose huggingface_hub talks to ``hub_url`` only.
+
+    A fresh process because huggingface_hub reads ``HF_ENDPOINT`` when it is imported. The script's last line of
+    standard output is JSON (what it measured); returns it parsed, and the process's standard error.
+    """
+    root = Path(__file__).resolve().parents[1]
+    environment = {
+        **os.environ,
+        "HF_ENDPOINT": hub_url,
+        "HF_HOME": str(hf_home),
+        "HF_TOKEN": "hf_test",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_OFFLINE": "0",
+        "PYTHONPATH": str(root),
+    }
+    process = subprocess.run(
+        [sys.executable, "-c", script, *arguments],
+        env=environment,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return json.loads(process.stdout.strip().splitlines()[-1]), process.stderr

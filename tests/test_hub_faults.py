@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_b
 import lightning_margin.publish as publish_module
 from lightning_margin.hub import CorruptDownloadError, download_verified
 from lightning_margin.publish import PublishError, publish
-from tests.hub_server import HubServer, git_blob_sha1
+from tests.hub_server import HubServer, git_blob_sha1, run_script_against_hub
 from tests.test_embedder import INPUT_SIZE, tiny_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -319,28 +316,10 @@ def test_the_commands_fail_with_a_message_then_finish_and_refuse_a_tampered_down
     with HubServer(lfs_patterns=["*.safetensors"]) as hub:
         hub.fail("commit", status=500)
         hub.tamper("model.safetensors", flip_first_byte, times=1)
-        environment = {
-            **os.environ,
-            "HF_ENDPOINT": hub.url,
-            "HF_HOME": str(tmp_path / "hf_home"),
-            "HF_TOKEN": "hf_test",
-            "HF_HUB_DISABLE_TELEMETRY": "1",
-            "HF_HUB_DISABLE_XET": "1",
-            "HF_HUB_OFFLINE": "0",
-            "PYTHONPATH": str(REPO_ROOT),
-        }
-        process = subprocess.run(
-            [sys.executable, "-c", _COMMANDS, str(checkpoint), "org/model", str(out)],
-            env=environment,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert process.returncode == 0, process.stderr[-3000:]
-        status = json.loads(process.stdout.strip().splitlines()[-1])
+        arguments = (str(checkpoint), "org/model", str(out))
+        status, stderr = run_script_against_hub(_COMMANDS, *arguments, hub_url=hub.url, hf_home=tmp_path / "hf_home")
         assert status == {"publish": 1, "publish again": 0, "verify tampered": 3, "verify": 0, "embeddings equal": True}
-        failed_publish, _, tampered_verify, _ = process.stderr.split("<<next command>>")
+        failed_publish, _, tampered_verify, _ = stderr.split("<<next command>>")
         assert "lightning-margin publish: Uploading" in failed_publish
         assert f"not uploaded: {', '.join(EXPORT)}." in failed_publish
         weights = sha256((out / "model.safetensors").read_bytes())

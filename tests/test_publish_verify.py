@@ -16,9 +16,6 @@ Nothing talks to huggingface.co: the subprocess's endpoint is the local server, 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +23,7 @@ from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
 from lightning_margin.model_card import parse_model_card
-from tests.hub_server import HubServer, git_blob_sha1
+from tests.hub_server import HubServer, git_blob_sha1, run_script_against_hub
 from tests.test_embedder import make_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -96,29 +93,11 @@ print(json.dumps(status))
 
 def test_publish_download_verify_and_a_tampered_card_fails(hub, tmp_path):
     checkpoint = make_checkpoint(tmp_path, steps=8)
-    environment = {
-        **os.environ,
-        "HF_ENDPOINT": hub.url,
-        "HF_HOME": str(tmp_path / "hf_home"),
-        "HF_TOKEN": "hf_test",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_OFFLINE": "0",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
     json_path = tmp_path / "verify.json"
-    process = subprocess.run(
-        [sys.executable, "-c", _END_TO_END, str(checkpoint), "org/tiny-cosface", str(json_path)],
-        env=environment,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    status = json.loads(process.stdout.strip().splitlines()[-1])
+    arguments = (str(checkpoint), "org/tiny-cosface", str(json_path))
+    status, stderr = run_script_against_hub(_END_TO_END, *arguments, hub_url=hub.url, hf_home=tmp_path / "hf_home")
     assert status == {"publish": 0, "verify": 0, "embeddings_equal": True, "verify_tampered": 1}
-    assert "accuracy card" in process.stderr and "FAILED: 1 metric(s)" in process.stderr
+    assert "accuracy card" in stderr and "FAILED: 1 metric(s)" in stderr
 
     files = hub.files("org/tiny-cosface")
     assert {"config.json", "model.safetensors", "README.md", "metrics.json"} <= set(files)
