@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +25,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from lightning_margin._atomic import atomic_path
 from lightning_margin._validation import check_choice, check_integer
 from lightning_margin.data.sources import parse_source
 from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, preprocess_face
@@ -453,15 +456,40 @@ class FaceEmbedder(
             **model_kwargs,
         )
 
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> str | None:
+        """Write ``model.safetensors``, ``config.json`` and a card to ``save_directory`` (``ModelHubMixin`` API).
+
+        The mixin deletes an existing ``config.json`` before writing, so a crash half way would lose a good export.
+        Here everything is written into a hidden sibling folder first and then moved into place file by file
+        (``os.replace``, atomic; ``config.json`` last): a kill at any moment leaves the previous export or the new
+        one, never a half-written file. Other files in the folder are kept, and an existing ``README.md`` is kept
+        (as the mixin does). Keyword arguments go to ``ModelHubMixin.save_pretrained`` (``push_to_hub``, ...).
+        """
+        target = Path(save_directory)
+        target.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+        try:
+            result = super().save_pretrained(staging, **kwargs)
+            for path in sorted(staging.iterdir(), key=lambda path: path.name == CONFIG_NAME):
+                if path.name == "README.md" and (target / path.name).exists():
+                    continue
+                os.replace(path, target / path.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return result
+
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` (the mixin then adds a README.md card if none exists)."""
         from lightning_margin import __version__
 
         tensors = {key: value.detach().cpu().contiguous() for key, value in self.state_dict().items()}
-        save_file(tensors, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt"})
         config = {"architecture": type(self).__name__, "library_name": "lightning-margin", **self.config}
         config["library_version"] = __version__
-        (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        # Atomic per file: a kill mid-write leaves the previous file (or none), never a truncated one.
+        with atomic_path(save_directory / WEIGHTS_NAME) as temporary:
+            save_file(tensors, str(temporary), metadata={"format": "pt"})
+        with atomic_path(save_directory / CONFIG_NAME) as temporary:
+            temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def _from_pretrained(

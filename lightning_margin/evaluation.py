@@ -6,7 +6,6 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lightning_margin._atomic import atomic_path
 from lightning_margin.metrics.functional import cosine_scores, roc_curve, verification_metrics
 from lightning_margin.tta import embed
 
@@ -176,8 +176,7 @@ def write_metrics_json(path: str | os.PathLike[str], results: Mapping[str, Mappi
         The path written.
 
     Example:
-        >>> import tempfile
-        >>> folder = tempfile.mkdtemp()
+        >>>         >>> folder = tempfile.mkdtemp()
         >>> path = write_metrics_json(f"{folder}/metrics.json", {"lfw": {"accuracy": torch.tensor(0.5)}})
         >>> path.read_text()
         '{\\n  "lfw": {\\n    "accuracy": 0.5\\n  }\\n}\\n'
@@ -194,20 +193,7 @@ def write_metrics_json(path: str | os.PathLike[str], results: Mapping[str, Mappi
             elif value is None:
                 row[key] = None
         payload[str(name)] = row
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); give the result the permissions of any newly created file.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            json.dump(payload, file, indent=2, allow_nan=False)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as file:
+        json.dump(payload, file, indent=2, allow_nan=False)
+        file.write("\n")
     return path

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_margin._atomic import atomic_path
 from lightning_margin.embedder import CONFIG_NAME, FaceEmbedder
 
 __all__ = ["ONNX_NAME", "export", "export_onnx", "load_any", "main"]
@@ -52,20 +53,19 @@ def export_onnx(embedder: FaceEmbedder, path: str | os.PathLike[str], opset_vers
         'model.onnx'
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = embedder.training
     embedder.eval()
     size = embedder.input_size
     example = torch.zeros(2, 3, size, size, device=embedder._device())
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), atomic_path(path) as temporary:
             # The TorchScript exporter announces its deprecation on every call; the choice is documented above.
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=FutureWarning)
             torch.onnx.export(
                 _NormalizedEmbedder(embedder),
                 (example,),
-                str(path),
+                str(temporary),
                 input_names=["images"],
                 output_names=["embeddings"],
                 dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},

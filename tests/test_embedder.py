@@ -178,6 +178,29 @@ def test_save_load_round_trip_gives_identical_embeddings(checkpoint, tmp_path):
     assert torch.equal(loaded.embed(images), embedder.embed(images))
 
 
+def test_a_save_killed_mid_write_leaves_the_previous_export_loadable(checkpoint, tmp_path, monkeypatch):
+    import lightning_margin.embedder as embedder_module
+
+    embedder = FaceEmbedder.from_checkpoint(checkpoint)
+    folder = tmp_path / "model"
+    embedder.save_pretrained(folder)
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    def dies_half_way(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 100)  # the first bytes of a file, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embedder_module, "save_file", dies_half_way)
+    with torch.no_grad():
+        next(embedder.parameters()).add_(1.0)
+    with pytest.raises(KeyboardInterrupt):
+        embedder.save_pretrained(folder)
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # no temp file, nothing changed
+    images = torch.randint(0, 256, (2, 3, 45, 45), dtype=torch.uint8)
+    reference = FaceEmbedder.from_checkpoint(checkpoint)
+    assert torch.equal(FaceEmbedder.from_pretrained(folder).embed(images), reference.embed(images))
+
+
 class _PlantedPickle:
     """Unpickling this creates a marker file: proof that something unpickled."""
 
