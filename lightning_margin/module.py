@@ -208,6 +208,13 @@ class MarginModule(pl.LightningModule):
         return trainer.global_step % max(trainer.log_every_n_steps, 1) == 0
 
     def configure_model(self) -> None:
+        world_size = self._trainer.world_size if self._trainer is not None else 1
+        if world_size > 1 and not self.sharded and self.hparams.sample_rate != 1.0:
+            # Unsharded, every rank would hold the whole head and sample its own classes: the replicas would drift.
+            raise ValueError(
+                f"sample_rate={self.hparams.sample_rate} (Partial FC) with {world_size} processes needs sharded=True "
+                "(each rank samples among its own shard of the class centres); set model.sharded: true"
+            )
         if self.sharded:
             from lightning_margin.parallel import ignore_sharded_parameters
 

@@ -183,3 +183,14 @@ def test_validation_logs_every_verification_metric_per_set_and_a_roc_image(tmp_p
 
     events = EventAccumulator(str(next(tmp_path.rglob("events.out.tfevents*")).parent)).Reload()
     assert "val/synth/roc" in events.Tags()["images"]
+
+
+def test_partial_fc_under_ddp_without_sharding_is_refused_before_training():
+    from types import SimpleNamespace
+
+    model = MarginModule(tiny_backbone(), num_classes=8, embedding_size=16, input_size=IMAGE_SIZE, sample_rate=0.5)
+    model._trainer = SimpleNamespace(world_size=2)  # what configure_model sees in a 2-process DDP fit
+    with pytest.raises(ValueError, match=r"sample_rate=0.5 \(Partial FC\) with 2 processes needs sharded=True"):
+        model.configure_model()
+    model._trainer = SimpleNamespace(world_size=1)  # one process: Partial FC needs no sharding
+    model.configure_model()
