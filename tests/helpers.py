@@ -1,12 +1,20 @@
-"""Tiny models and data shared by the module, callback and CLI tests."""
+"""Tiny models, data and trainers shared by the tests, and the runner for multi-process scripts."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 IMAGE_SIZE = 8
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_backbone(features: int = 32) -> nn.Module:
@@ -27,3 +35,36 @@ def train_loader(batch_size: int = 16, shuffle: bool = True, **kwargs) -> DataLo
     images, labels = separable_images(**kwargs)
     generator = torch.Generator().manual_seed(0)
     return DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def quiet_trainer(**kwargs: Any) -> pl.Trainer:
+    """A one-device CPU ``Trainer`` without logger, checkpoints, progress bar or model summary; ``kwargs`` override."""
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
+def run_rank_script(
+    script: Path, output_dir: Path, *arguments: str, timeout: float, weights_only: bool = True, world_size: int = 2
+) -> list[Any]:
+    """Run ``python script output_dir *arguments`` and load what each rank saved as ``output_dir/rank{r}.pt``.
+
+    Multi-process fits run as a script in a fresh process, never inside pytest: Lightning re-launches the other ranks
+    from the command line, which would be pytest again.
+    """
+    result = subprocess.run(
+        [sys.executable, str(script), str(output_dir), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=output_dir,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [torch.load(output_dir / f"rank{rank}.pt", weights_only=weights_only) for rank in range(world_size)]

@@ -1,6 +1,5 @@
 import math
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -8,7 +7,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_margin import MarginModule
 from lightning_margin.callbacks import MarginScheduler, SphereFaceAnnealing
-from tests.helpers import IMAGE_SIZE, tiny_backbone, train_loader
+from tests.helpers import IMAGE_SIZE, quiet_trainer, tiny_backbone, train_loader
 from tests.test_module import trainer_metrics
 
 
@@ -37,14 +36,11 @@ def make_module(head, **head_kwargs):
 
 
 def fit(tmp_path, module, callbacks, max_steps, ckpt_path=None, checkpoint=None):
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         default_root_dir=tmp_path,
-        accelerator="cpu",
         max_steps=max_steps,
         logger=CSVLogger(tmp_path),
         log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[*callbacks, *([checkpoint] if checkpoint else [])],
         enable_checkpointing=checkpoint is not None,
     )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.fabric.utilities.data import _update_dataloader
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
@@ -22,6 +22,7 @@ from lightning_margin.data import (
     SkipReportingDataLoader,
     write_bin,
 )
+from tests.helpers import quiet_trainer
 
 
 def color_tree(root: Path, identities: int, per_identity: int, size: tuple[int, int] = (8, 8)) -> Path:
@@ -268,16 +269,7 @@ def test_fit_with_lightning_reports_skips_and_validates_every_set(tmp_path: Path
         image_folder_cache_dir=str(tmp_path),
     )
     model = TinyModel(data.num_classes)
-    trainer = Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-    )
+    trainer = quiet_trainer(max_epochs=2, num_sanity_val_steps=0, default_root_dir=tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer.fit(model, datamodule=data)

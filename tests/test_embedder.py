@@ -16,6 +16,7 @@ from torch import nn
 from lightning_margin import MarginModule
 from lightning_margin.data import FaceDataModule
 from lightning_margin.embedder import FaceEmbedder
+from tests.helpers import quiet_trainer
 
 INPUT_SIZE = 32
 
@@ -40,16 +41,7 @@ def make_checkpoint(folder: Path, steps: int = 4, val_pairs: int = 40) -> Path:
         batch_size=16,
         num_workers=0,
     )
-    trainer = pl.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        default_root_dir=folder,
-    )
+    trainer = quiet_trainer(max_steps=steps, limit_val_batches=0, default_root_dir=folder)
     trainer.fit(module, data)
     path = folder / "tiny.ckpt"
     trainer.save_checkpoint(path)

@@ -1,4 +1,3 @@
-import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,7 +5,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_margin import MarginModule
 from lightning_margin.heads import ArcFace, list_heads
-from tests.helpers import IMAGE_SIZE, tiny_backbone, train_loader
+from tests.helpers import IMAGE_SIZE, quiet_trainer, tiny_backbone, train_loader
 
 
 def make_module(head="arcface", **kwargs):
@@ -24,17 +23,7 @@ def make_module(head="arcface", **kwargs):
 
 def trainer(tmp_path, **kwargs):
     kwargs.setdefault("max_steps", 5)
-    return pl.Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
-        logger=CSVLogger(tmp_path),
-        log_every_n_steps=1,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    return quiet_trainer(default_root_dir=tmp_path, logger=CSVLogger(tmp_path), log_every_n_steps=1, **kwargs)
 
 
 @pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
@@ -155,15 +144,8 @@ def test_validation_logs_every_verification_metric_per_set_and_a_roc_image(tmp_p
         train="synthetic:4", val_sets={"synth": "synthetic:40"}, image_size=IMAGE_SIZE, batch_size=16, num_workers=0
     )
     module = make_module(optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
-    pl.Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        max_epochs=1,
-        logger=TensorBoardLogger(tmp_path),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+    quiet_trainer(
+        default_root_dir=tmp_path, max_epochs=1, logger=TensorBoardLogger(tmp_path), num_sanity_val_steps=0
     ).fit(module, data)
     logged = module.trainer.callback_metrics
     keys = {"accuracy", "accuracy_std", "threshold", "tar@far=1e-3", "eer", "auc"}

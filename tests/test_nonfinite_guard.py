@@ -7,7 +7,6 @@ import pickle
 import re
 import warnings
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
@@ -27,7 +26,7 @@ from lightning_margin.callbacks.nonfinite_guard import (
 )
 from lightning_margin.heads import create_head
 from lightning_margin.parallel import ShardedMarginHead
-from tests.helpers import IMAGE_SIZE, separable_images, tiny_backbone
+from tests.helpers import IMAGE_SIZE, quiet_trainer, run_rank_script, separable_images, tiny_backbone
 
 # The modules have a validation_step; these fits have no validation data.
 pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
@@ -104,17 +103,7 @@ def batch(index):
 
 
 def fit(module, callbacks=(), max_steps=NUM_BATCHES, data=None, ckpt_path=None, **kwargs):
-    kwargs.setdefault("logger", False)
-    kwargs.setdefault("enable_checkpointing", False)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-        **kwargs,
-    )
+    trainer = quiet_trainer(max_steps=max_steps, callbacks=list(callbacks), **kwargs)
     trainer.fit(module, data if data is not None else loader(), ckpt_path=ckpt_path)
     return trainer
 
@@ -441,20 +430,17 @@ DDP_SCRIPT = """
 import os, sys, warnings
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 
 from lightning_margin.callbacks.nonfinite_guard import NonFiniteError, NonFiniteGuard
+from tests.helpers import quiet_trainer
 from tests.test_nonfinite_guard import loader, make_module
 
 out, action = Path(sys.argv[1]), sys.argv[2]
 rank = int(os.environ.get("LOCAL_RANK", 0))  # Lightning sets it in the process it launches for rank 1
 module = make_module({2: "nan"} if rank == 1 else {})  # only rank 1 sees the fault, in its third step
 guard = NonFiniteGuard(action)
-trainer = pl.Trainer(
-    accelerator="cpu", devices=2, strategy="ddp", max_steps=4, logger=False, enable_checkpointing=False,
-    enable_progress_bar=False, enable_model_summary=False, callbacks=[guard],
-)
+trainer = quiet_trainer(devices=2, strategy="ddp", max_steps=4, callbacks=[guard])
 result = {}
 try:
     with warnings.catch_warnings(record=True) as caught:
@@ -471,24 +457,9 @@ torch.save(result, out / f"rank{rank}.pt")
 @pytest.mark.slow
 @pytest.mark.parametrize("action", ["skip", "stop"])
 def test_ddp_a_fault_on_one_rank_stops_or_skips_on_every_rank(tmp_path, action):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
     script = tmp_path / "ddp_guard.py"
     script.write_text(DDP_SCRIPT)
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), action],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(root)},
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    ranks = run_rank_script(script, tmp_path, action, timeout=300, weights_only=False)
     if action == "stop":
         assert [r["step"] for r in ranks] == [2, 2]  # rank 0 stopped too: no rank is left waiting in a collective
         assert "rank 1: non-finite embeddings at global step 2" in ranks[1]["error"]

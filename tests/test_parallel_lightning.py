@@ -3,37 +3,18 @@ head on the global batch, and its checkpoint (full weight, full momentum) resume
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import lightning.pytorch as pl
 import torch
 
+from tests.helpers import ROOT, quiet_trainer, run_rank_script
 from tests.scripts.parallel_lightning_fit import PER_RANK_BATCH, STEPS, make_loader, make_module
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sharded_head_in_a_two_process_lightning_fit_matches_one_process_and_resumes_on_one(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests/scripts/parallel_lightning_fit.py"), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    ranks = run_rank_script(ROOT / "tests/scripts/parallel_lightning_fit.py", tmp_path, timeout=400)
 
     module = make_module(sharded=False)
     initial = {k: v.clone() for k, v in module.state_dict().items()}
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=STEPS, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )  # fmt: skip
+    trainer = quiet_trainer(max_steps=STEPS)
     trainer.fit(module, make_loader(2 * PER_RANK_BATCH))
     single = module.state_dict()
     assert ranks[0].keys() == single.keys()  # the sharded run's state dict is in the plain head's format

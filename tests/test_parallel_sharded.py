@@ -9,16 +9,13 @@ checkpoints, logits and error messages.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from lightning_margin.parallel import ShardedMarginHead
+from tests.helpers import ROOT, run_rank_script
 from tests.scripts.parallel_sharded_worker import (
     BATCH_SIZES,
     CASES,
@@ -29,23 +26,13 @@ from tests.scripts.parallel_sharded_worker import (
     rank_rows,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 CLOSE = {"rtol": 1e-9, "atol": 1e-10}  # float64 on both sides: only summation order differs
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     outdir = tmp_path_factory.mktemp("sharded")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests/scripts/parallel_sharded_worker.py"), str(outdir)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        cwd=outdir,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return [torch.load(outdir / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
+    return run_rank_script(ROOT / "tests/scripts/parallel_sharded_worker.py", outdir, timeout=240, weights_only=False)
 
 
 def single_process_run(name: str, options: dict, sampled: list[torch.Tensor | None]):

@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import LightningModule
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 from lightning_margin.callbacks.rng_state import RNGStateCheckpoint, collect_rng_states, set_rng_states
 from lightning_margin.cli import main
 from lightning_margin.data.sampler import ResumableDataLoader, ResumableRandomSampler
+from tests.helpers import quiet_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 56  # 32 batches per epoch (16 identities x 16 images / 8): the runs cross an epoch boundary
@@ -463,13 +464,9 @@ def test_validation_leaves_the_training_stream_alone_with_the_callback(tmp_path,
     def weights(validate: bool) -> torch.Tensor:
         torch.manual_seed(0)
         model = DropoutModel()
-        trainer = Trainer(
+        trainer = quiet_trainer(
             default_root_dir=tmp_path,
             max_steps=12,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
             callbacks=[RNGStateCheckpoint()] if callback else [],
             limit_val_batches=1.0 if validate else 0,
             val_check_interval=3,

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_margin.callbacks.theta_distribution import ThetaDistribution
 from lightning_margin.heads import create_head
 from lightning_margin.plots.theta_histogram import class_center_angles
+from tests.helpers import quiet_trainer
 
 IN_FEATURES, EMBEDDING_SIZE, NUM_CLASSES, BATCH = 16, 8, 4, 8
 
@@ -63,18 +64,13 @@ def loader(num_batches: int = 6, seed: int = 0) -> DataLoader:
 
 
 def trainer(tmp_path, callbacks, max_steps: int = 6, logger=False) -> pl.Trainer:
-    return pl.Trainer(
+    return quiet_trainer(
         default_root_dir=tmp_path,
-        accelerator="cpu",
-        devices=1,
         max_steps=max_steps,
         limit_val_batches=0,
         logger=logger,
         log_every_n_steps=1,
         callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
 
 

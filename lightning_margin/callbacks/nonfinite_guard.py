@@ -419,21 +419,13 @@ class NonFiniteGuard(Callback):
                 local = bool(bad_parameters) or any(bool(flag) for record in window for flag in record.loss_flags)
         fault = trainer.strategy.reduce_boolean_decision(local, all=False) if trainer.world_size > 1 else local
         if fault:
-            self._handle_fault(trainer, pl_module, window, parameters, check_gradients, bad_parameters, local)
+            report = self._report(trainer, pl_module, window, parameters, check_gradients, bad_parameters, local)
+            self._handle_fault(report, parameters, local)
         if self.action == "skip":
             pl_module.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
 
-    def _handle_fault(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        window: Sequence[_MicroBatch],
-        parameters: Sequence[nn.Parameter],
-        check_gradients: bool,
-        bad_parameters: list[str] | None,
-        local: bool,
-    ) -> None:
-        report = self._report(trainer, pl_module, window, parameters, check_gradients, bad_parameters, local)
+    def _handle_fault(self, report: NonFiniteReport, parameters: Sequence[nn.Parameter], local: bool) -> None:
+        """Restore the BatchNorm statistics, then stop, or skip the step by dropping its gradients."""
         for live, saved in zip(self._buffers, self._buffer_copies, strict=True):
             live.copy_(saved)
         if self.action == "stop":
