@@ -10,7 +10,6 @@ inputs, which exist before the step, are not counted; the parameter gradients ar
 Usage::
 
     python benchmarks/heads.py                      # the heads as committed
-    python benchmarks/heads.py --path patched       # with the proposed kernels patched into the heads
     python benchmarks/heads.py --path engine        # each head wrapped in ShardedMarginHead (one process)
     python benchmarks/heads.py --threads 1 --cpu-time --classes 10000 --heads arcface cosface  # busy machine
 """
@@ -18,12 +17,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,15 +29,12 @@ from torch import Tensor, nn
 
 from lightning_margin.heads import create_head, list_heads
 from lightning_margin.parallel import ShardedMarginHead, TensorMemoryTracker
-from lightning_margin.parallel.functional import fused_cosine_logits
-from lightning_margin.parallel.functional.cosine import target_cosine as sparse_target_cosine
 
 __all__ = [
     "CLOCK",
     "Step",
     "add_machine_arguments",
     "apply_machine_arguments",
-    "fused_cosine_patch",
     "machine_line",
     "measure",
     "peak_bytes",
@@ -119,31 +114,6 @@ def measure(steps: dict[str, Step], repeats: int, warmup: int) -> dict[str, tupl
     return {name: (seconds[name], peak_bytes(step)) for name, step in steps.items()}
 
 
-@contextlib.contextmanager
-def fused_cosine_patch() -> Iterator[None]:
-    """Run the committed heads with the proposed kernels: ``fused_cosine_logits`` for ``cosine_logits`` and the
-    sparse-gradient ``target_cosine`` (lightning_margin.parallel.functional.cosine) for ``target_cosine``."""
-    import lightning_margin.heads.base as base
-    import lightning_margin.heads.curricularface as curricularface
-    import lightning_margin.heads.subcenter_arcface as subcenter
-
-    replacements = [
-        (base, "cosine_logits", fused_cosine_logits),
-        (base, "target_cosine", sparse_target_cosine),
-        (curricularface, "cosine_logits", fused_cosine_logits),
-        (curricularface, "target_cosine", sparse_target_cosine),
-        (subcenter, "cosine_logits", fused_cosine_logits),
-    ]
-    originals = [(module, name, getattr(module, name)) for module, name, _ in replacements]
-    for module, name, function in replacements:
-        setattr(module, name, function)
-    try:
-        yield
-    finally:
-        for module, name, function in originals:
-            setattr(module, name, function)
-
-
 def machine_line() -> str:
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return (
@@ -162,9 +132,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument(
         "--path",
-        choices=["committed", "patched", "engine"],
+        choices=["committed", "engine"],
         default="committed",
-        help="the heads as committed, with the proposed kernels patched in, or run by ShardedMarginHead",
+        help="the heads as committed, or each run by ShardedMarginHead",
     )
     add_machine_arguments(parser)
     args = parser.parse_args()
@@ -176,26 +146,24 @@ def main() -> None:
     header = "| head | C | linear+CE ms | head ms | time ratio | linear+CE MiB | head MiB | memory ratio |"
     print(header)
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    patch = fused_cosine_patch() if args.path == "patched" else contextlib.nullcontext()
-    with patch:
-        for num_classes in args.classes:
-            torch.manual_seed(0)
-            embeddings = torch.randn(args.batch_size, args.embedding_size, requires_grad=True)
-            labels = torch.randint(0, num_classes, (args.batch_size,))
-            linear = nn.Linear(args.embedding_size, num_classes, bias=False)
-            baseline = Step(lambda x, y, linear=linear: F.cross_entropy(linear(x), y), linear, embeddings, labels)
-            for name in args.heads:
-                head = create_head(name, args.embedding_size, num_classes)
-                loss_fn = ShardedMarginHead(head) if args.path == "engine" else head
-                steps = {"linear": baseline, "head": Step(loss_fn, head, embeddings, labels)}
-                results = measure(steps, args.repeats, args.warmup)
-                (base_s, base_b), (head_s, head_b) = results["linear"], results["head"]
-                print(
-                    f"| {name} | {num_classes:,} | {base_s * 1e3:.0f} | {head_s * 1e3:.0f} | {head_s / base_s:.2f} | "
-                    f"{base_b / MIB:.0f} | {head_b / MIB:.0f} | {head_b / base_b:.2f} |",
-                    flush=True,
-                )
-                del head
+    for num_classes in args.classes:
+        torch.manual_seed(0)
+        embeddings = torch.randn(args.batch_size, args.embedding_size, requires_grad=True)
+        labels = torch.randint(0, num_classes, (args.batch_size,))
+        linear = nn.Linear(args.embedding_size, num_classes, bias=False)
+        baseline = Step(lambda x, y, linear=linear: F.cross_entropy(linear(x), y), linear, embeddings, labels)
+        for name in args.heads:
+            head = create_head(name, args.embedding_size, num_classes)
+            loss_fn = ShardedMarginHead(head) if args.path == "engine" else head
+            steps = {"linear": baseline, "head": Step(loss_fn, head, embeddings, labels)}
+            results = measure(steps, args.repeats, args.warmup)
+            (base_s, base_b), (head_s, head_b) = results["linear"], results["head"]
+            print(
+                f"| {name} | {num_classes:,} | {base_s * 1e3:.0f} | {head_s * 1e3:.0f} | {head_s / base_s:.2f} | "
+                f"{base_b / MIB:.0f} | {head_b / MIB:.0f} | {head_b / base_b:.2f} |",
+                flush=True,
+            )
+            del head
 
 
 if __name__ == "__main__":

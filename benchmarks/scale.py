@@ -3,7 +3,7 @@
 Issue 6's benchmarks in one command (``python benchmarks/scale.py``), printed as Markdown tables:
 
 1. Forward+backward time and peak memory of ArcFace, ``B=128, D=512, C in {10k, 100k, 1M}``, for
-   ``nn.Linear`` + ``F.cross_entropy`` (the baseline), the committed head, the head with the fused cosine kernel,
+   ``nn.Linear`` + ``F.cross_entropy`` (the baseline), the committed head,
    :class:`~lightning_margin.parallel.ChunkedMarginHead` and :class:`~lightning_margin.parallel.PartialFC`
    (``sample_rate=0.1``, plain and chunked); steps are interleaved within each repetition, medians reported.
    Peak memory: tensor storages created during one step (TensorMemoryTracker; parameter gradients included,
@@ -12,8 +12,8 @@ Issue 6's benchmarks in one command (``python benchmarks/scale.py``), printed as
    peaks at the two largest class counts give bytes per class (plus weight and momentum, 8 bytes per float of a
    weight row), extrapolated to the machine's total memory less a reserve. Sharded over ``W`` ranks, each rank
    needs the memory of ``C / W`` classes.
-3. ArcFace, CosFace and SphereFace against pytorch-metric-learning, as committed and with the proposed kernels
-   (skipped unless importable; see vs_pytorch_metric_learning.py).
+3. ArcFace, CosFace and SphereFace against pytorch-metric-learning (skipped unless importable; see
+   vs_pytorch_metric_learning.py).
 4. Lightning overhead: ``MarginModule`` trained by ``Trainer.fit`` against a bare PyTorch loop doing the same
    work (same backbone, neck, head, optimizer, data), median time per step.
 
@@ -40,7 +40,6 @@ from heads import (
     Step,
     add_machine_arguments,
     apply_machine_arguments,
-    fused_cosine_patch,
     machine_line,
     measure,
 )
@@ -55,22 +54,9 @@ GIB = 2**30
 SECTIONS = ("modes", "limits", "pml", "lightning")
 
 
-class _Fused(nn.Module):
-    """The committed head with the fused cosine kernel patched in for its forward (the proposed change)."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, embeddings, labels):
-        with fused_cosine_patch():
-            return self.head(embeddings, labels)
-
-
 def _modes(head: ArcFace, chunk_size: int) -> dict[str, nn.Module]:
     return {
         "arcface (committed)": head,
-        "arcface + fused cosine": _Fused(head),
         f"chunked ({chunk_size})": ChunkedMarginHead(head, chunk_size=chunk_size),
         "partial_fc 0.1": PartialFC(head, sample_rate=0.1),
         f"partial_fc 0.1 + chunked ({chunk_size})": PartialFC(head, sample_rate=0.1, chunk_size=chunk_size),
@@ -111,20 +97,12 @@ def scale_table(
     largest = max(classes)
     row = results[largest]
     committed_s, committed_b = row["arcface (committed)"]
-    fused_s, fused_b = row["arcface + fused cosine"]
     chunked = next(value for key, value in row.items() if key.startswith("chunked"))
     print(f"\n# targets at C={largest:,}:")
     print(
-        f"# - margin overhead vs linear+CE (<= 1.15): committed {committed_s / row['linear+CE'][0]:.2f}, "
-        f"fused {fused_s / row['linear+CE'][0]:.2f}"
-    )
-    print(
-        f"# - chunked peak memory vs plain (<= 0.5): {chunked[1] / committed_b:.2f} of the committed head, "
-        f"{chunked[1] / fused_b:.2f} of the fused one"
-    )
-    print(
-        f"# - partial_fc 0.1 speed-up vs full head (>= 4): {committed_s / row['partial_fc 0.1'][0]:.1f}x the "
-        f"committed head, {fused_s / row['partial_fc 0.1'][0]:.1f}x the fused one\n"
+        f"# - margin overhead vs linear+CE (<= 1.15): {committed_s / row['linear+CE'][0]:.2f}\n"
+        f"# - chunked peak memory vs plain (<= 0.5): {chunked[1] / committed_b:.2f}\n"
+        f"# - partial_fc 0.1 speed-up vs full head (>= 4): {committed_s / row['partial_fc 0.1'][0]:.1f}x\n"
     )
     return results
 
@@ -288,11 +266,8 @@ def main() -> None:
     if "pml" in sections:
         from vs_pytorch_metric_learning import compare
 
-        for path in ("committed", "patched"):
-            compare(
-                args.batch_size, args.embedding_size, [c for c in args.classes if c <= 100_000], args.repeats, 1, path
-            )
-            print()
+        compare(args.batch_size, args.embedding_size, [c for c in args.classes if c <= 100_000], args.repeats, 1)
+        print()
     if "lightning" in sections:
         lightning_overhead(args.batch_size, num_classes=10_000, steps=15, warmup=3)
 

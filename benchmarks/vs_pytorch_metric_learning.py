@@ -14,11 +14,10 @@ with a message.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 
 import torch
-from heads import MIB, Step, add_machine_arguments, apply_machine_arguments, fused_cosine_patch, machine_line, measure
+from heads import MIB, Step, add_machine_arguments, apply_machine_arguments, machine_line, measure
 
 from lightning_margin.heads import ArcFace, CosFace, SphereFace
 from lightning_margin.parallel import ShardedMarginHead
@@ -76,28 +75,26 @@ def compare(
     print(f"# {machine_line()}")
     print("| head | C | ours ms | theirs ms | ours / theirs | ours MiB | theirs MiB | loss difference |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    patch = fused_cosine_patch() if path == "patched" else contextlib.nullcontext()
-    with patch:
-        for num_classes in classes:
-            torch.manual_seed(0)
-            embeddings = torch.randn(batch_size, embedding_size, requires_grad=True)
-            labels = torch.randint(0, num_classes, (batch_size,))
-            for name, ours, theirs in _pairs(losses, embedding_size, num_classes):
-                with torch.no_grad():
-                    theirs.W.copy_(ours.weight.t())
-                    difference = abs(float(ours(embeddings, labels)) - float(theirs(embeddings, labels)))
-                loss_fn = ShardedMarginHead(ours) if path == "engine" else ours
-                steps = {
-                    "ours": Step(loss_fn, ours, embeddings, labels),
-                    "theirs": Step(theirs, theirs, embeddings, labels),
-                }
-                results = measure(steps, repeats, warmup)
-                (our_s, our_b), (their_s, their_b) = results["ours"], results["theirs"]
-                print(
-                    f"| {name} | {num_classes:,} | {our_s * 1e3:.0f} | {their_s * 1e3:.0f} | {our_s / their_s:.2f} | "
-                    f"{our_b / MIB:.0f} | {their_b / MIB:.0f} | {difference:.1e} |",
-                    flush=True,
-                )
+    for num_classes in classes:
+        torch.manual_seed(0)
+        embeddings = torch.randn(batch_size, embedding_size, requires_grad=True)
+        labels = torch.randint(0, num_classes, (batch_size,))
+        for name, ours, theirs in _pairs(losses, embedding_size, num_classes):
+            with torch.no_grad():
+                theirs.W.copy_(ours.weight.t())
+                difference = abs(float(ours(embeddings, labels)) - float(theirs(embeddings, labels)))
+            loss_fn = ShardedMarginHead(ours) if path == "engine" else ours
+            steps = {
+                "ours": Step(loss_fn, ours, embeddings, labels),
+                "theirs": Step(theirs, theirs, embeddings, labels),
+            }
+            results = measure(steps, repeats, warmup)
+            (our_s, our_b), (their_s, their_b) = results["ours"], results["theirs"]
+            print(
+                f"| {name} | {num_classes:,} | {our_s * 1e3:.0f} | {their_s * 1e3:.0f} | {our_s / their_s:.2f} | "
+                f"{our_b / MIB:.0f} | {their_b / MIB:.0f} | {difference:.1e} |",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -107,7 +104,7 @@ def main() -> None:
     parser.add_argument("--embedding-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--path", choices=["committed", "patched", "engine"], default="committed")
+    parser.add_argument("--path", choices=["committed", "engine"], default="committed")
     add_machine_arguments(parser)
     args = parser.parse_args()
     apply_machine_arguments(args)

@@ -25,7 +25,6 @@ from huggingface_hub.errors import EntryNotFoundError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lightning_margin._atomic import atomic_path
 from lightning_margin._validation import check_choice, check_integer
 from lightning_margin.data.sources import parse_source
 from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, preprocess_face
@@ -136,8 +135,8 @@ class FaceEmbedder(
     Example:
         >>> embedder = FaceEmbedder("test_resnet", embedding_size=16, neck="fc_bn", input_size=32)
         >>> faces = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
-        >>> embedder.embed(faces).norm(dim=1)
-        tensor([1.0000, 1.0000])
+        >>> torch.allclose(embedder.embed(faces).norm(dim=1), torch.ones(2))
+        True
     """
 
     def __init__(
@@ -485,11 +484,9 @@ class FaceEmbedder(
         tensors = {key: value.detach().cpu().contiguous() for key, value in self.state_dict().items()}
         config = {"architecture": type(self).__name__, "library_name": "lightning-margin", **self.config}
         config["library_version"] = __version__
-        # Atomic per file: a kill mid-write leaves the previous file (or none), never a truncated one.
-        with atomic_path(save_directory / WEIGHTS_NAME) as temporary:
-            save_file(tensors, str(temporary), metadata={"format": "pt"})
-        with atomic_path(save_directory / CONFIG_NAME) as temporary:
-            temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        # A fresh staging folder (see save_pretrained): a kill mid-write never touches the export.
+        save_file(tensors, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def _from_pretrained(

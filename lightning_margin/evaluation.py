@@ -176,7 +176,8 @@ def write_metrics_json(path: str | os.PathLike[str], results: Mapping[str, Mappi
         The path written.
 
     Example:
-        >>>         >>> folder = tempfile.mkdtemp()
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
         >>> path = write_metrics_json(f"{folder}/metrics.json", {"lfw": {"accuracy": torch.tensor(0.5)}})
         >>> path.read_text()
         '{\\n  "lfw": {\\n    "accuracy": 0.5\\n  }\\n}\\n'

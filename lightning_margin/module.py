@@ -209,11 +209,14 @@ class MarginModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         world_size = self._trainer.world_size if self._trainer is not None else 1
-        if world_size > 1 and not self.sharded and self.hparams.sample_rate != 1.0:
-            # Unsharded, every rank would hold the whole head and sample its own classes: the replicas would drift.
+        # Partial FC and chunking wrap the head before the process group exists. Unsharded, every rank would hold
+        # the whole head (and with Partial FC sample its own classes): the replicas would drift.
+        wrapped = [f"sample_rate={self.hparams.sample_rate} (Partial FC)"] if self.hparams.sample_rate != 1.0 else []
+        wrapped += [f"chunk_size={self.hparams.chunk_size}"] if self.hparams.chunk_size is not None else []
+        if world_size > 1 and not self.sharded and wrapped:
             raise ValueError(
-                f"sample_rate={self.hparams.sample_rate} (Partial FC) with {world_size} processes needs sharded=True "
-                "(each rank samples among its own shard of the class centres); set model.sharded: true"
+                f"{' and '.join(wrapped)} with {world_size} processes needs sharded=True (each rank keeps its own "
+                "shard of the class centres); set model.sharded: true"
             )
         if self.sharded:
             from lightning_margin.parallel import ignore_sharded_parameters

@@ -18,7 +18,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from lightning_margin.embedder import FaceEmbedder
+from lightning_margin.embedder import CONFIG_NAME, WEIGHTS_NAME, FaceEmbedder
 from lightning_margin.hub import CorruptDownloadError, download_verified
 from lightning_margin.model_card import (
     DEFAULT_TOLERANCE,
@@ -98,9 +98,13 @@ def load_embedder(spec: str | os.PathLike[str], revision: str | None = None) -> 
         return LoadedModel(name, embedder, _card_sets(card_path) if card_path.is_file() else None)
     if name.count("/") != 1 or name.startswith((".", "/")) or name.endswith(".ckpt"):
         raise FileNotFoundError(f"{name}: no such checkpoint or folder, and not a Hub id of the form ORG/NAME")
-    # The card is checked against the Hub's hash like the weights, and read from the commit the model is loaded at.
-    files = download_verified(name, ["README.md"], revision=revision)
-    embedder = FaceEmbedder.from_pretrained(name, revision=files.commit)
+    # One resolution and one hash check for the weights, the config and the card, all from the same commit; the
+    # embedder then loads from that verified snapshot folder (a local folder: no second round of requests).
+    files = download_verified(name, [CONFIG_NAME, WEIGHTS_NAME, "README.md"], revision=revision)
+    missing = [filename for filename in (CONFIG_NAME, WEIGHTS_NAME) if filename not in files.paths]
+    if missing:
+        raise FileNotFoundError(f"{name}@{files.commit}: the repository has no {' or '.join(missing)}")
+    embedder = FaceEmbedder.from_pretrained(files.paths[CONFIG_NAME].parent)
     card_path = files.paths.get("README.md")
     return LoadedModel(name, embedder, _card_sets(card_path) if card_path is not None else None)
 

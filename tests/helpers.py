@@ -37,6 +37,15 @@ def train_loader(batch_size: int = 16, shuffle: bool = True, **kwargs) -> DataLo
     return DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
+def subprocess_env(**variables: str) -> dict[str, str]:
+    """This process's environment for a child Python process that imports this repository (``tests``, the package).
+
+    ``variables`` are added or replaced.
+    """
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **variables}
+
+
 def quiet_trainer(**kwargs: Any) -> pl.Trainer:
     """A one-device CPU ``Trainer`` without logger, checkpoints, progress bar or model summary; ``kwargs`` override."""
     defaults = {
@@ -63,7 +72,7 @@ def run_rank_script(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=subprocess_env(),
         cwd=output_dir,
     )
     assert result.returncode == 0, result.stderr[-4000:]

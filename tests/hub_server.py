@@ -45,7 +45,6 @@ import base64
 import fnmatch
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -59,6 +58,8 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import yaml
+
+from tests.helpers import ROOT, subprocess_env
 
 __all__ = ["ROUTES", "HubServer", "Route", "git_blob_sha1", "lfs_pointer"]
 
@@ -222,12 +223,6 @@ class HubServer:
         """
         with self._lock:
             self._tampers.append(_Tamper(path, transform, announce_served_size, times))
-
-    def clear_faults(self) -> None:
-        """Remove every :meth:`fail` and :meth:`tamper` still in effect."""
-        with self._lock:
-            self._faults.clear()
-            self._tampers.clear()
 
     # ---- direct access for tests -------------------------------------------------------------------------------
 
@@ -666,21 +661,18 @@ def run_script_against_hub(script: str, *arguments: str, hub_url: str, hf_home: 
     A fresh process because huggingface_hub reads ``HF_ENDPOINT`` when it is imported. The script's last line of
     standard output is JSON (what it measured); returns it parsed, and the process's standard error.
     """
-    root = Path(__file__).resolve().parents[1]
-    environment = {
-        **os.environ,
-        "HF_ENDPOINT": hub_url,
-        "HF_HOME": str(hf_home),
-        "HF_TOKEN": "hf_test",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_XET": "1",
-        "HF_HUB_OFFLINE": "0",
-        "PYTHONPATH": str(root),
-    }
+    environment = subprocess_env(
+        HF_ENDPOINT=hub_url,
+        HF_HOME=str(hf_home),
+        HF_TOKEN="hf_test",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_OFFLINE="0",
+    )
     process = subprocess.run(
         [sys.executable, "-c", script, *arguments],
         env=environment,
-        cwd=root,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,

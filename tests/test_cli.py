@@ -44,6 +44,9 @@ def test_every_config_instantiates_and_trains_one_fast_dev_run_step(data_env):
     assert cli.model.head.head_name == cli.config["fit"]["model"]["head"]
     assert cli.trainer.global_step == 1
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    # Safe by default: every run stops at a NaN with a report and resumes bitwise.
+    callbacks = {type(callback).__name__ for callback in cli.trainer.callbacks}
+    assert {"NonFiniteGuard", "RNGStateCheckpoint"} <= callbacks
 
 
 def test_unknown_config_key_fails_before_training_and_names_the_key(capsys):

@@ -311,18 +311,41 @@ def test_recordio_without_header_survives_any_property_file(content: bytes) -> N
     # No identity header: num_classes comes from "property" ("num_classes,height,width") when it holds a usable
     # count (1 .. 2**24, the float32-exact label range), else from a scan of the labels.
     with TemporaryDirectory() as folder:
-        offsets, rec = [], b""
-        for record in HEADERLESS_RECORDS:
-            offsets.append(len(rec))
-            rec += frame_record(record)
-        (Path(folder) / "train.rec").write_bytes(rec)
-        (Path(folder) / "train.idx").write_text("".join(f"{k}\t{o}\n" for k, o in enumerate(offsets)))
-        (Path(folder) / "property").write_bytes(content)
-        dataset = RecordIODataset(Path(folder) / "train.rec")
-        first = content.strip().split(b",")[0]
-        declared = int(first) if first.isdigit() and len(first) <= 9 and 1 <= int(first) <= 2**24 else None
-        assert dataset.num_classes == (NUM_CLASSES if declared is None else declared)
+        dataset = RecordIODataset(write_headerless_recordio(Path(folder), content))
+        # Either the scan's count or exactly the count the file declares, and always a usable label range.
+        declared_digits = content.strip().split(b",")[0].lstrip(b"0")
+        assert dataset.num_classes == NUM_CLASSES or str(dataset.num_classes).encode() == declared_digits
+        assert 1 <= dataset.num_classes <= 2**24
         assert len(dataset) == NUM_IMAGES
+
+
+@pytest.mark.parametrize(
+    ("content", "num_classes"),
+    [
+        (b"7,8,8\n", 7),  # declared: trusted, even above the labels seen
+        (b"0007,112,112", 7),
+        (b"16777216,8,8", 2**24),  # the largest label float32 holds exactly
+        (b"16777217,8,8", NUM_CLASSES),  # past it: scanned
+        (b"0,8,8", NUM_CLASSES),
+        (b"-5,8,8", NUM_CLASSES),
+        (b"x,8,8", NUM_CLASSES),
+        (b"", NUM_CLASSES),
+    ],
+)
+def test_recordio_property_file_declares_num_classes_when_usable(tmp_path, content, num_classes):
+    assert RecordIODataset(write_headerless_recordio(tmp_path, content)).num_classes == num_classes
+
+
+def write_headerless_recordio(folder: Path, property_content: bytes) -> Path:
+    """``train.rec`` / ``train.idx`` of :data:`HEADERLESS_RECORDS` and a ``property`` file; returns the .rec path."""
+    offsets, rec = [], b""
+    for record in HEADERLESS_RECORDS:
+        offsets.append(len(rec))
+        rec += frame_record(record)
+    (folder / "train.rec").write_bytes(rec)
+    (folder / "train.idx").write_text("".join(f"{k}\t{o}\n" for k, o in enumerate(offsets)))
+    (folder / "property").write_bytes(property_content)
+    return folder / "train.rec"
 
 
 # ---- RecordIO round trips ----------------------------------------------------------------------------------------

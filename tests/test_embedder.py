@@ -188,6 +188,7 @@ def test_a_save_killed_mid_write_leaves_the_previous_export_loadable(checkpoint,
     with pytest.raises(KeyboardInterrupt):
         embedder.save_pretrained(folder)
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before  # no temp file, nothing changed
+    assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no staging folder left
     images = torch.randint(0, 256, (2, 3, 45, 45), dtype=torch.uint8)
     reference = FaceEmbedder.from_checkpoint(checkpoint)
     assert torch.equal(FaceEmbedder.from_pretrained(folder).embed(images), reference.embed(images))

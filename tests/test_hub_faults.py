@@ -27,7 +27,6 @@ from lightning_margin.publish import PublishError, publish
 from tests.hub_server import HubServer, git_blob_sha1, run_script_against_hub
 from tests.test_embedder import INPUT_SIZE, tiny_module
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPORT = ["README.md", "config.json", "metrics.json", "model.safetensors"]
 
 
@@ -218,7 +217,13 @@ def test_when_the_repository_cannot_be_created_the_message_says_nothing_arrived(
         assert (failure.value.uploaded, failure.value.not_uploaded) == ([], EXPORT)
 
 
-def test_an_unreachable_hub_fails_fast_and_keeps_the_temporary_export(checkpoint, tmp_path):
+def test_an_unreachable_hub_fails_fast_and_keeps_the_temporary_export(checkpoint, tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    def asks_again(*args, **kwargs):  # would wait through huggingface_hub's retries (about 25 s) for the same failure
+        pytest.fail("publish asked the unreachable Hub which files arrived")
+
+    monkeypatch.setattr(HfApi, "verify_repo_checksums", asks_again)
     with HubServer() as hub:
         endpoint = hub.url  # nothing listens there once the server has stopped
     with pytest.raises(PublishError, match="The Hub did not answer, so which files arrived is not known") as failure:

@@ -167,12 +167,19 @@ def test_validation_logs_every_verification_metric_per_set_and_a_roc_image(tmp_p
     assert "val/synth/roc" in events.Tags()["images"]
 
 
-def test_partial_fc_under_ddp_without_sharding_is_refused_before_training():
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sample_rate": 0.5}, r"sample_rate=0.5 \(Partial FC\) with 2 processes needs sharded=True"),
+        ({"chunk_size": 4}, r"chunk_size=4 with 2 processes needs sharded=True"),
+    ],
+)
+def test_a_wrapped_head_under_ddp_without_sharding_is_refused_before_training(options, message):
     from types import SimpleNamespace
 
-    model = MarginModule(tiny_backbone(), num_classes=8, embedding_size=16, input_size=IMAGE_SIZE, sample_rate=0.5)
+    model = MarginModule(tiny_backbone(), num_classes=8, embedding_size=16, input_size=IMAGE_SIZE, **options)
     model._trainer = SimpleNamespace(world_size=2)  # what configure_model sees in a 2-process DDP fit
-    with pytest.raises(ValueError, match=r"sample_rate=0.5 \(Partial FC\) with 2 processes needs sharded=True"):
+    with pytest.raises(ValueError, match=message):
         model.configure_model()
-    model._trainer = SimpleNamespace(world_size=1)  # one process: Partial FC needs no sharding
+    model._trainer = SimpleNamespace(world_size=1)  # one process: Partial FC and chunking need no sharding
     model.configure_model()

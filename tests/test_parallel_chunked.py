@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from lightning_margin.functional import angles
+from lightning_margin.functional.angles import cosine_logits, target_cosine
 from lightning_margin.heads import ArcFace, create_head, list_heads
 from lightning_margin.parallel import ChunkedMarginHead, TensorMemoryTracker
-from lightning_margin.parallel.functional import chunked_logsumexp, cosine, fused_cosine_logits, target_cosine
+from lightning_margin.parallel.functional import chunked_logsumexp
 
 # Values that keep every head in a regime where its margin matters (and LSoftmax/SphereFace's lambda is finite).
 HEAD_KWARGS = {
@@ -94,15 +95,15 @@ def test_fused_cosine_logits_equal_normalised_products_with_the_same_gradients(m
     reference = (F.normalize(embeddings, dim=1) * scale.unsqueeze(1)) @ F.normalize(weight, dim=1).T
     expected = torch.autograd.grad(reference, (embeddings, weight), grad)
     features = F.normalize(embeddings, dim=1) * scale.unsqueeze(1)
-    fused = cosine._FusedCosineLogits.apply(features, weight, save_output)
+    fused = angles._CosineLogits.apply(features, weight, save_output)
     torch.testing.assert_close(fused, reference, **CLOSE)
     for got, want in zip(torch.autograd.grad(fused, (embeddings, weight), grad), expected, strict=True):
         torch.testing.assert_close(got, want, **CLOSE)
     nonzero = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
-    fused_fn = cosine._FusedCosineLogits.apply
+    fused_fn = angles._CosineLogits.apply
     leaf = features.detach().requires_grad_()
     assert torch.autograd.gradcheck(lambda x, w: fused_fn(x, w, save_output), (leaf, nonzero))
-    torch.testing.assert_close(fused_cosine_logits(embeddings, weight, scale), reference, **CLOSE)
+    torch.testing.assert_close(cosine_logits(embeddings, weight, scale), reference, **CLOSE)
 
 
 def test_sparse_row_target_cosine_equals_the_dense_formula_and_accumulates_into_a_dense_gradient():

@@ -26,8 +26,6 @@ from lightning_margin.model_card import parse_model_card
 from tests.hub_server import HubServer, git_blob_sha1, run_script_against_hub
 from tests.test_embedder import make_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
 def hub():

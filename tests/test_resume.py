@@ -30,9 +30,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 from lightning_margin.callbacks.rng_state import RNGStateCheckpoint, collect_rng_states, set_rng_states
 from lightning_margin.cli import main
 from lightning_margin.data.sampler import ResumableDataLoader, ResumableRandomSampler
-from tests.helpers import quiet_trainer
+from tests.helpers import quiet_trainer, subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS = 56  # 32 batches per epoch (16 identities x 16 images / 8): the runs cross an epoch boundary
 SIGTERM_STEP = 50  # the signal arrives during the step with global_step 50 (epoch 1, batch 18)
 SIGKILL_STEP = 36  # killed during step 36; the last periodic checkpoint is step 32 (end of epoch 0)
@@ -143,11 +142,7 @@ def run_cli(*args: str) -> None:
 
 
 def start_cli(config: Path, log: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-    }
-    env["OMP_NUM_THREADS"] = "1"
+    env = subprocess_env(OMP_NUM_THREADS="1")
     with log.open("w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "lightning_margin.cli", "fit", "--config", str(config)],
@@ -175,14 +170,14 @@ def fits(tmp_path_factory):
     """The two interrupted subprocess fits (started first) and the uninterrupted reference (in this process)."""
     root = tmp_path_factory.mktemp("resume")
     interrupted = {
-        # One DataLoader worker, which receives the SIGTERM too (sent to the process group, as SLURM does). No
-        # validation: FaceDataModule's validation workers do not defer SIGTERM yet; they would die of it, and
-        # torch raises their death at an arbitrary point of the main process (say, while saving the checkpoint).
+        # One training and one (persistent) validation worker, which receive the SIGTERM too (sent to the process
+        # group, as SLURM does): both defer it, or torch would raise a worker's death at an arbitrary point of the
+        # main process (say, while saving the checkpoint).
         "sigterm": {
             "fault_step": SIGTERM_STEP,
             "checkpoint": {"save_on_exception": True},
             "num_workers": 1,
-            "validate": False,
+            "validate": True,
         },
         # Periodic checkpoints only: save_on_exception cannot help against SIGKILL.
         "sigkill": {
@@ -284,7 +279,7 @@ def test_sigkill_after_a_periodic_checkpoint_recomputes_the_lost_steps_bitwise(f
 def test_ddp_ranks_resume_bitwise_from_a_mid_epoch_checkpoint(tmp_path):
     # Two CPU ranks (gloo): each rank's sampler share and position, its own random states (its Partial FC samples
     # among its shard of the classes) and the sharded head's rows and momentum must all come back.
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     every = 8
     full = fit_config(
         tmp_path / "full",
@@ -418,6 +413,12 @@ def test_resuming_on_another_number_of_ranks_reads_every_sample_of_the_epoch_onc
     single.load_state_dict(states[0])
     rest = [i for batch in batches_of(single) for i in batch]
     assert sorted(consumed + rest) == list(range(size))
+
+
+def test_integral_floats_from_yaml_count_as_integers():
+    from_yaml = ResumableRandomSampler(range(10), seed=3, num_replicas=2.0, rank=1.0)
+    torchs = DistributedSampler(range(10), num_replicas=2, rank=1, seed=3)
+    assert list(from_yaml) == list(torchs)
 
 
 def test_invalid_sampler_arguments_are_named():

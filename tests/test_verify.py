@@ -96,6 +96,29 @@ def test_exported_folder_is_checked_against_its_card(published, tmp_path, capsys
     assert "not compared with the card" in capsys.readouterr().out
 
 
+def test_a_hub_model_is_resolved_and_checked_once_for_weights_config_and_card(published, monkeypatch):
+    import lightning_margin.embedder
+    import lightning_margin.verify
+    from lightning_margin.hub import VerifiedFiles
+
+    calls = []
+
+    def download_verified(repo_id, filenames, revision=None):
+        calls.append((repo_id, list(filenames), revision))
+        return VerifiedFiles(repo_id, "c0ffee", {name: published / name for name in filenames})
+
+    def second_download(*args, **kwargs):
+        raise AssertionError("the embedder asked the Hub again")
+
+    monkeypatch.setattr(lightning_margin.verify, "download_verified", download_verified)
+    monkeypatch.setattr(lightning_margin.embedder, "download_verified", second_download)
+    loaded = lightning_margin.verify.load_embedder("org/tiny", revision="v1")
+    assert calls == [("org/tiny", ["config.json", "model.safetensors", "README.md"], "v1")]
+    expected = FaceEmbedder.from_pretrained(published).state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in loaded.embedder.state_dict().items())
+    assert set(loaded.card_sets) == {"synthetic"}
+
+
 def test_a_model_without_a_card_needs_pairs(checkpoint):
     with pytest.raises(ValueError, match="name the sets with --pairs"):
         main(["--model", str(checkpoint), "--no-progress"])

@@ -102,7 +102,10 @@ def export(name: str) -> None:
 
 
 def report() -> None:
-    """Write ``zoo/README.md``'s table and ``zoo/roc.png`` from the exported folders (re-evaluated for the ROC)."""
+    """Write ``zoo/README.md``'s table and ``zoo/roc.png`` from the exported folders (re-evaluated for the ROC).
+
+    Stops if a re-evaluation does not reproduce the folder's ``metrics.json`` (an export older than its weights).
+    """
     from lightning_margin import FaceEmbedder
     from lightning_margin.plots.roc import plot_roc_curves
     from lightning_margin.verify import evaluate_embedder
@@ -117,7 +120,11 @@ def report() -> None:
         training = json.loads((folder / "training.json").read_text(encoding="utf-8"))
         embedder = FaceEmbedder.from_pretrained(folder)
         config = embedder.config
+        # Re-evaluated for the ROC curve, which metrics.json does not hold; the scores double as a check of the export.
         result = evaluate_embedder(embedder, "lfw:dev_test", progress=False)
+        differing = [key for key in ("accuracy", "eer", "auc") if abs(float(result[key]) - metrics[key]) > 1e-6]
+        if differing:
+            raise SystemExit(f"[{name}] re-evaluated {differing} differ from metrics.json: export it again")
         curves[name] = result["roc"]
         head = ", ".join(f"{key}={value}" for key, value in (config.get("loss_kwargs") or {}).items()) or "—"
         rows.append((name, config.get("loss"), head, metrics, training, (folder / "model.safetensors").stat().st_size))

@@ -348,7 +348,7 @@ class NonFiniteGuard(Callback):
         if self._head is not None:
             self._handles.append(self._head.register_forward_hook(self._on_head_forward, with_kwargs=True))
         # Read once: buffers are updated in place (BatchNorm, the heads' statistics).
-        self._buffers = [buffer for buffer in pl_module.buffers() if buffer is not None] if self.restore_buffers else []
+        self._buffers = list(pl_module.buffers()) if self.restore_buffers else []
         self._buffer_copies = [torch.empty_like(buffer) for buffer in self._buffers]
         self._window, self._current = [], None
 
@@ -392,7 +392,7 @@ class NonFiniteGuard(Callback):
         self._current = None
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
-        record = self._current if self._current is not None else (self._window[-1] if self._window else None)
+        record = self._current  # Lightning calls backward between on_train_batch_start and on_train_batch_end
         if record is None:
             return
         loss = loss.detach()
@@ -404,7 +404,7 @@ class NonFiniteGuard(Callback):
     ) -> None:
         window, self._window = self._window, []
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        check_gradients = not _scales_gradients(trainer)
+        check_gradients = _grad_scaler(trainer) is None
         grads = [p.grad for p in parameters if p.grad is not None] if check_gradients else []
         flags = [flag for record in window for flag in record.loss_flags]
         if grads:
@@ -450,12 +450,12 @@ class NonFiniteGuard(Callback):
         local: bool,
     ) -> NonFiniteReport:
         """The :class:`NonFiniteReport` of an optimizer step over the batches ``window`` (computed on a fault)."""
-        bad_losses = [loss for record in window for loss in record.losses if not bool(torch.isfinite(loss).all())]
+        bad_losses = [
+            loss for record in window for loss, bad in zip(record.losses, record.loss_flags, strict=True) if bad
+        ]
         # The guard itself makes the loss of non-finite embeddings NaN: that is no separate fault of the loss.
         bad_loss_elsewhere = any(
-            not record.embeddings_nonfinite and not bool(torch.isfinite(loss).all())
-            for record in window
-            for loss in record.losses
+            bool(bad) for record in window if not record.embeddings_nonfinite for bad in record.loss_flags
         )
         all_losses = [loss for record in window for loss in record.losses]
         loss = bad_losses[0] if bad_losses else (all_losses[-1] if all_losses else None)
@@ -464,8 +464,8 @@ class NonFiniteGuard(Callback):
             loss = None  # the NaN the guard made of it: no information
         if loss is not None:
             # Undo Lightning's division by the accumulation count and the GradScaler's factor (display only).
-            scaler = getattr(trainer.precision_plugin, "scaler", None)
-            scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+            scaler = _grad_scaler(trainer)
+            scale = float(scaler.get_scale()) if scaler is not None else 1.0
             loss = float(loss.float().mean()) * trainer.accumulate_grad_batches / scale
         # After non-finite embeddings every gradient is NaN by the guard's own doing: nothing to learn from them.
         if embeddings_nonfinite or not check_gradients:
@@ -534,7 +534,7 @@ class NonFiniteGuard(Callback):
         self.skipped_steps = int(state_dict.get("skipped_steps", 0))
 
 
-def _scales_gradients(trainer: pl.Trainer) -> bool:
-    """True under fp16 AMP with a GradScaler (Lightning's ``16-mixed``), whose business inf gradients are."""
+def _grad_scaler(trainer: pl.Trainer) -> torch.amp.GradScaler | None:
+    """The GradScaler of fp16 AMP (Lightning's ``16-mixed``), whose business inf gradients are; else ``None``."""
     scaler = getattr(trainer.precision_plugin, "scaler", None)
-    return scaler is not None and (not hasattr(scaler, "is_enabled") or scaler.is_enabled())
+    return scaler if scaler is not None and scaler.is_enabled() else None

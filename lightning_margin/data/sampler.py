@@ -162,9 +162,9 @@ class ResumableRandomSampler(DistributedSampler):
         # DistributedSampler.__init__ would fix the world size now (and need a process group): resolved lazily here.
         Sampler.__init__(self)
         if num_replicas is not None:
-            check_integer("num_replicas", num_replicas)
+            num_replicas = check_integer("num_replicas", num_replicas)
         if rank is not None:
-            check_integer("rank", rank, minimum=0)
+            rank = check_integer("rank", rank, minimum=0)
             if num_replicas is not None and rank >= num_replicas:
                 raise ValueError(
                     f"`rank` must lie in [0, {num_replicas - 1}] for num_replicas={num_replicas}, got {rank}"
@@ -460,8 +460,7 @@ class ResumableDataLoader(DataLoader):
         sampler: ResumableRandomSampler = self.sampler  # type: ignore[assignment]
         batch_size = self.batch_size or 1
         sampler.position = min(sampler.position + batch_size, sampler.num_samples)
-        epoch_end = len(self) * batch_size if self.drop_last else sampler.num_samples
-        if sampler.position >= epoch_end:
+        if sampler.position >= self._epoch_end():
             # The epoch is complete: a checkpoint written now must resume at the start of the next one.
             sampler.set_epoch(sampler.epoch + 1)
             self._epoch.fill_(sampler.epoch)
@@ -470,7 +469,7 @@ class ResumableDataLoader(DataLoader):
         """The sampler's :meth:`~ResumableRandomSampler.state_dict` (empty for other samplers)."""
         if not self.resumable:
             return {}
-        return {**self.sampler.state_dict(), "batch_size": self.batch_size}  # type: ignore[attr-defined]
+        return self.sampler.state_dict()  # type: ignore[attr-defined]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue from a :meth:`state_dict`: the next ``iter()`` starts at the first unread batch."""
@@ -478,7 +477,11 @@ class ResumableDataLoader(DataLoader):
             return
         sampler: ResumableRandomSampler = self.sampler  # type: ignore[assignment]
         sampler.load_state_dict(state_dict)
-        epoch_end = len(self) * (self.batch_size or 1) if self.drop_last else sampler.num_samples
-        if sampler.position >= epoch_end:
+        if sampler.position >= self._epoch_end():
             sampler.set_epoch(sampler.epoch + 1)
         self._epoch.fill_(sampler.epoch)
+
+    def _epoch_end(self) -> int:
+        """The sampler position at which this rank's epoch is complete (a dropped last batch is never read)."""
+        sampler: ResumableRandomSampler = self.sampler  # type: ignore[assignment]
+        return len(self) * (self.batch_size or 1) if self.drop_last else sampler.num_samples

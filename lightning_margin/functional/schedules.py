@@ -29,7 +29,7 @@ def warmup_value(step: int, start: float, end: float, warmup_steps: int, schedul
     (slow start and finish).
 
     Example:
-        >>> warmup_value(50, start=0.0, end=0.5, warmup_steps=100, schedule="cosine")
+        >>> round(warmup_value(50, start=0.0, end=0.5, warmup_steps=100, schedule="cosine"), 12)
         0.25
     """
     if schedule not in SCHEDULES:

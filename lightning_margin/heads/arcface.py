@@ -30,6 +30,7 @@ class ArcFace(CosineMarginHead):
         easy_margin: Apply the margin only where ``cos theta_y > 0``.
 
     Example:
+        >>> import torch
         >>> head = ArcFace(embedding_size=512, num_classes=100, scale=64.0, margin=0.5)
         >>> loss = head(torch.randn(8, 512), torch.randint(0, 100, (8,)))
     """

@@ -32,6 +32,7 @@ class CombinedMargin(CosineMarginHead):
         m3: Additive cosine margin (>= 0).
 
     Example:
+        >>> import torch
         >>> head = CombinedMargin(embedding_size=512, num_classes=100, m1=1.0, m2=0.3, m3=0.2)
         >>> head.logits(torch.randn(2, 512)).shape
         torch.Size([2, 100])

@@ -31,6 +31,7 @@ class LSoftmax(MarginHead):
         lambda_: The current blend weight ``lambda >= 0``.
 
     Example:
+        >>> import torch
         >>> head = LSoftmax(embedding_size=64, num_classes=10, margin=2)
         >>> head.logits(torch.randn(4, 64), torch.tensor([0, 1, 2, 3])).shape
         torch.Size([4, 10])

@@ -32,6 +32,7 @@ class MagFace(CosineMarginHead):
         regularizer_weight: ``lambda_g``.
 
     Example:
+        >>> import torch
         >>> head = MagFace(embedding_size=512, num_classes=100)
         >>> loss = head(20 * torch.nn.functional.normalize(torch.randn(8, 512)), torch.randint(0, 100, (8,)))
     """

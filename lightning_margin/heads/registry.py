@@ -40,7 +40,7 @@ def list_heads(pattern: str = "*") -> list[str]:
 
     Example:
         >>> list_heads("*face")
-        ['adaface', 'arcface', 'cosface', 'curricularface', 'magface', 'normface', 'sphereface']
+        ['adaface', 'arcface', 'cosface', 'curricularface', 'magface', 'normface', 'sphereface', 'subcenter_arcface']
     """
     return sorted(fnmatch.filter(_HEADS, pattern))
 

@@ -24,6 +24,7 @@ class Softmax(MarginHead):
         bias: Whether the linear layer has a bias.
 
     Example:
+        >>> import torch
         >>> head = Softmax(embedding_size=128, num_classes=10)
         >>> head(torch.randn(4, 128), torch.tensor([0, 1, 2, 3])).shape
         torch.Size([])
@@ -55,6 +56,7 @@ class ModifiedSoftmax(CosineMarginHead):
     Decisions depend on angles only, but the feature norm still scales the logits.
 
     Example:
+        >>> import torch
         >>> head = ModifiedSoftmax(embedding_size=128, num_classes=10)
         >>> head.logits(torch.randn(4, 128)).shape
         torch.Size([4, 10])
@@ -77,6 +79,7 @@ class NormFace(CosineMarginHead):
         scale: The fixed scale ``s`` (the paper shows normalised softmax needs ``s`` well above 1 to converge).
 
     Example:
+        >>> import torch
         >>> head = NormFace(embedding_size=128, num_classes=10, scale=16.0)
         >>> bool(head.logits(torch.randn(4, 128)).abs().max() <= 16.0)
         True

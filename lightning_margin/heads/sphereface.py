@@ -28,6 +28,7 @@ class SphereFace(CosineMarginHead):
         lambda_: The current blend weight ``lambda >= 0`` (0: the pure A-Softmax margin).
 
     Example:
+        >>> import torch
         >>> head = SphereFace(embedding_size=512, num_classes=100, margin=4, lambda_=5.0)
         >>> head(torch.randn(8, 512), torch.randint(0, 100, (8,))).ndim
         0

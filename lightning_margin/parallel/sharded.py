@@ -102,7 +102,8 @@ class ShardedMarginHead(nn.Module):
             # centres, nor leave the global random state (the next modules' initialisation) differing by rank.
             with torch.random.fork_rng(devices=[]):
                 if world_size > 1:
-                    torch.manual_seed(torch.initial_seed() + rank)
+                    # The CPU generator only: torch.manual_seed would also reseed (and leave reseeded) CUDA's.
+                    torch.default_generator.manual_seed(torch.initial_seed() + rank)
                 self.head = create_head(head, self.embedding_size, end - start, **(head_kwargs or {}))
             self.rank, self.world_size, self.class_start, self.class_end = rank, world_size, start, end
         elif isinstance(head, MarginHead):

@@ -1,8 +1,6 @@
-"""Pure functions behind the scalable heads: collectives, the sharded / sampled / chunked margin loss, fast cosines."""
+"""Pure functions behind the scalable heads: collectives and the sharded / sampled / chunked margin loss."""
 
-from lightning_margin.parallel.functional import cosine
 from lightning_margin.parallel.functional.chunked import chunked_logsumexp, class_rows, row_ids
-from lightning_margin.parallel.functional.cosine import fused_cosine_logits, gather_rows, target_cosine
 from lightning_margin.parallel.functional.distributed import (
     all_gather_rows,
     all_gather_with_grad,
@@ -23,14 +21,10 @@ __all__ = [
     "check_sample_rate",
     "chunked_logsumexp",
     "class_rows",
-    "cosine",
-    "fused_cosine_logits",
-    "gather_rows",
     "num_sampled_classes",
     "rank_and_world_size",
     "row_ids",
     "sample_classes",
     "shard_bounds",
     "sharded_margin_cross_entropy",
-    "target_cosine",
 ]

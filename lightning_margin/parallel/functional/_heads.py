@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_margin.functional import arcface_margin, curricular_negatives, sphereface_psi
+from lightning_margin.functional.angles import _CosineLogits
 from lightning_margin.heads import CosineMarginHead, CurricularFace, LSoftmax, MarginHead, Softmax, SubCenterArcFace
-from lightning_margin.parallel.functional.cosine import _FusedCosineLogits
 
 __all__ = ["HeadPieces", "head_pieces"]
 
@@ -43,7 +43,7 @@ class HeadPieces:
 
     def block_logits(self, features: Tensor, weight: Tensor) -> Tensor:
         """Logits of a block of classes without margin."""
-        logits = _FusedCosineLogits.apply(features, weight.to(features.dtype), True)
+        logits = _CosineLogits.apply(features, weight.to(features.dtype), True)
         if self.rows_per_class > 1:  # a positive scale commutes with the max over sub-centres
             logits = logits.view(features.shape[0], -1, self.rows_per_class).amax(dim=2)
         return logits
@@ -83,7 +83,7 @@ class _CurricularPieces(HeadPieces):
         return F.normalize(x, dim=1)
 
     def block_logits(self, features: Tensor, weight: Tensor) -> Tensor:
-        cos = _FusedCosineLogits.apply(features, weight.to(features.dtype), True)
+        cos = _CosineLogits.apply(features, weight.to(features.dtype), True)
         return self.head.scale * curricular_negatives(cos, self.threshold, self.head.t.to(cos.dtype))
 
     def target_logits(self, inputs: Tensor, x: Tensor, labels: Tensor) -> Tensor:
