@@ -97,6 +97,25 @@ def test_simple_pair_list_format(tmp_path: Path) -> None:
         read_pair_list(tmp_path / "bad.txt", tmp_path / "photos")
 
 
+def test_simple_pair_list_names_the_line_of_a_bad_byte_and_numbers_lines_as_an_editor(tmp_path: Path) -> None:
+    image_tree(tmp_path / "photos", {"x": 2})
+    # A byte-order mark, Windows line ends and a \x0b inside a path (str.splitlines would start a new line there).
+    lines = [b"\xef\xbb\xbfx/00.jpg\tx/01.jpg\t1\r\n", b"x/0\x0b.jpg\tx/01.jpg\t0\r\n", b"x/00.jpg\tx/01.jpg\t1\n"]
+    (tmp_path / "pairs.txt").write_bytes(b"".join(lines))
+    pairs = read_pair_list(tmp_path / "pairs.txt", tmp_path / "photos")
+    assert [(pair[0].name, pair[2], pair[3].rsplit(":", 1)[1]) for pair in pairs] == [
+        ("00.jpg", True, "1"),
+        ("0\x0b.jpg", False, "2"),
+        ("00.jpg", True, "3"),
+    ]
+    (tmp_path / "latin1.txt").write_bytes("x/00.jpg\tx/01.jpg\t1\nx/caf\u00e9.jpg\tx/01.jpg\t0\n".encode("latin-1"))
+    for list_format in ("auto", "simple"):
+        with pytest.raises(ValueError, match=r"latin1\.txt:2: not UTF-8 text: byte 0xe9 at column 6"):
+            read_pair_list(tmp_path / "latin1.txt", tmp_path / "photos", list_format=list_format)
+    with pytest.raises(FileNotFoundError, match="pair list not found: .*absent.txt"):
+        read_pair_list(tmp_path / "absent.txt", tmp_path / "photos")
+
+
 def test_missing_pair_image_is_named_with_the_list_line(tmp_path: Path) -> None:
     image_tree(tmp_path / "photos", {"x": 1})
     (tmp_path / "pairs.txt").write_text("x/00.jpg\tx/00.jpg\t1\nx/00.jpg\tx/07.jpg\t0\n")

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 from torch.utils.data import Dataset
 
 from lightning_margin.data.decode import CorruptImageError, read_file_bytes
+from lightning_margin.data.text_lines import read_text_lines
 from lightning_margin.data.transforms import decode_and_transform
 
 __all__ = [
@@ -99,7 +100,6 @@ def lfw_image_path(name: str, number: int) -> str:
 _MAX_IMAGE_NUMBER = 9999
 #: Header counts (people, folds, pairs) are compared with the lines that follow; this only bounds the parse.
 _MAX_COUNT = 10**9 - 1
-_UTF8_BOM = "\ufeff"
 
 
 def _quote(text: str, limit: int = 60) -> str:
@@ -108,30 +108,13 @@ def _quote(text: str, limit: int = 60) -> str:
 
 
 def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
-    """Non-blank lines as ``(line_number, fields)``; a blank line is allowed only at the end of the file.
-
-    Lines are split on ``\n`` only, so line numbers are the ones an editor shows (``str.splitlines`` would also break
-    at ``\x0b``, ``\x1c``, ``\x85``, ``\u2028``... and shift every later number); fields are split on whitespace.
-    Each line is decoded on its own, so a non-UTF-8 byte is reported with its line. A UTF-8 byte-order mark (what
-    some Windows editors write) is ignored.
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"LFW list file not found: {path}") from None
-    lines = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            lines.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise ValueError(
-                f"{path}:{number}: not UTF-8 text: byte 0x{raw[error.start]:02x} at column {error.start + 1}"
-            ) from None
-    lines[0] = lines[0].removeprefix(_UTF8_BOM)
-    while lines and not lines[-1].strip():
+    """Non-blank lines as ``(line_number, fields)`` (:func:`read_text_lines`, fields split on whitespace); a blank
+    line is allowed only at the end of the file."""
+    lines = read_text_lines(path, what="LFW list file")
+    while lines and not lines[-1][1].strip():
         lines.pop()
     parsed = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in lines:
         if not line.strip():
             raise ValueError(f"{path}:{number}: unexpected blank line")
         parsed.append((number, line.split()))

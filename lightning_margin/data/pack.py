@@ -34,6 +34,7 @@ from lightning_margin.data.decode import CorruptImageError, decode_image
 from lightning_margin.data.image_folder import FaceImageFolder
 from lightning_margin.data.lfw import lfw_image_path, read_pairs_list
 from lightning_margin.data.recordio import RecordIOSummary, write_recordio
+from lightning_margin.data.text_lines import read_text_lines
 from lightning_margin.data.verification_bin import write_bin
 
 __all__ = ["PAIR_LIST_FORMATS", "main", "pack_image_folder", "pack_pairs_bin", "read_pair_list"]
@@ -100,12 +101,11 @@ def pack_image_folder(
 
 
 def _detect_format(path: Path) -> str:
-    with open(path, encoding="utf-8") as file:
-        for line in file:
-            if line.strip() and not line.lstrip().startswith("#"):
-                fields = line.split()
-                numeric = all(field.isascii() and field.isdigit() for field in fields)
-                return "lfw" if 1 <= len(fields) <= 2 and numeric else "simple"
+    for _, line in read_text_lines(path, what="pair list"):
+        if line.strip() and not line.lstrip().startswith("#"):
+            fields = line.split()
+            numeric = all(field.isascii() and field.isdigit() for field in fields)
+            return "lfw" if 1 <= len(fields) <= 2 and numeric else "simple"
     raise ValueError(f"{path}: the pair list is empty")
 
 
@@ -141,7 +141,7 @@ def read_pair_list(
             for pair in read_pairs_list(path)
         ]
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in read_text_lines(path, what="pair list"):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = [field.strip() for field in line.split("\t")] if "\t" in line else line.split()
