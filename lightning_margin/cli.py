@@ -8,16 +8,22 @@ or Lightning's ``Trainer``; ``lightning-margin fit --help`` lists them, ``--prin
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_margin.module import MarginModule
 
-__all__ = ["MarginCLI", "main"]
+__all__ = ["SIGTERM_EXIT_STATUS", "MarginCLI", "main"]
+
+#: Exit status of a fit stopped by SIGTERM (128 + 15, a shell's convention): not 0, so that a scheduler (a Kubernetes
+#: Job, a SLURM requeue script) does not count the unfinished run as done.
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
 
 # Commands that are not Lightning subcommands: name -> ("module:function", help). Imported only when used.
 TOOLS: dict[str, tuple[str, str]] = {
@@ -58,7 +64,11 @@ def _tool(target: str) -> Callable[[list[str]], int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lightning-margin`` console script."""
+    """Entry point of the ``lightning-margin`` console script.
+
+    Returns 0, or :data:`SIGTERM_EXIT_STATUS` when a SIGTERM stopped the run (Lightning finishes the running step
+    and exits; with ``ModelCheckpoint(save_on_exception=True)`` a checkpoint is written first).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in TOOLS:
         return int(_tool(TOOLS[args[0]][0])(args[1:]) or 0)
@@ -69,14 +79,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("Training (LightningCLI):")
     from lightning_margin.data import FaceDataModule
 
-    MarginCLI(
-        MarginModule,
-        FaceDataModule,
-        args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself (no "both given" warning)
-        auto_configure_optimizers=False,  # the model owns its optimizer arguments (one way to set them)
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"prog": "lightning-margin"},
-    )
+    try:
+        MarginCLI(
+            MarginModule,
+            FaceDataModule,
+            args=None if argv is None else args,  # None: LightningCLI reads sys.argv itself (no "both given" warning)
+            auto_configure_optimizers=False,  # the model owns its optimizer arguments (one way to set them)
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "lightning-margin"},
+        )
+    except SIGTERMException:  # a SystemExit without a code: the process would report success
+        print(
+            "lightning-margin: stopped by SIGTERM; the run is not finished. Run the same command with "
+            "`--ckpt_path last` to resume (needs a ModelCheckpoint with save_on_exception=True or save_last=True).",
+            file=sys.stderr,
+        )
+        return SIGTERM_EXIT_STATUS
     return 0
 
 
