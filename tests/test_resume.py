@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 
 from lightning_margin.callbacks.rng_state import RNGStateCheckpoint, collect_rng_states, set_rng_states
 from lightning_margin.cli import main
+from lightning_margin.data import CorruptImageError, SkipCorruptDataset, SkipReportingDataLoader, collate_skipping_none
 from lightning_margin.data.sampler import ResumableDataLoader, ResumableRandomSampler
 from tests.helpers import quiet_trainer, subprocess_env
 
@@ -414,6 +415,37 @@ def test_resuming_on_another_number_of_ranks_reads_every_sample_of_the_epoch_onc
     single.load_state_dict(states[0])
     rest = [i for batch in batches_of(single) for i in batch]
     assert sorted(consumed + rest) == list(range(size))
+
+
+class _EveryFifthUnreadable(Dataset):
+    def __len__(self) -> int:
+        return 23
+
+    def __getitem__(self, index: int) -> int:
+        if index % 5 == 3:
+            raise CorruptImageError(f"image {index}", "truncated")
+        return index
+
+
+@pytest.mark.filterwarnings("ignore::lightning_margin.data.CorruptImagesSkippedWarning")
+def test_the_skip_corrupt_loader_resumes_at_the_next_unread_batch():
+    def loader() -> SkipReportingDataLoader:
+        dataset = SkipCorruptDataset(_EveryFifthUnreadable())
+        options = {"batch_size": 4, "seed": 5, "drop_last": True, "collate_fn": collate_skipping_none}
+        return SkipReportingDataLoader(dataset, skip_counter=dataset.counter, **options)
+
+    first = loader()
+    iterator = iter(first)
+    consumed = [next(iterator).tolist() for _ in range(2)]
+    state = first.state_dict()
+    rest = [batch.tolist() for batch in iterator]  # the uninterrupted epoch's remaining batches
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert [batch.tolist() for batch in resumed] == rest
+    # One epoch of the seeded order, every readable index once, the unreadable ones dropped.
+    seen = [index for batch in consumed + rest for index in batch]
+    assert len(seen) == len(set(seen)) and not any(index % 5 == 3 for index in seen)
+    assert len(consumed + rest) == 23 // 4
 
 
 def test_integral_floats_from_yaml_count_as_integers():

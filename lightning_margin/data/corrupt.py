@@ -21,11 +21,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import Dataset, get_worker_info
 from torch.utils.data.dataloader import default_collate
 
 from lightning_margin.data.decode import CorruptImageError
 from lightning_margin.data.recordio import RecordIOError
+from lightning_margin.data.sampler import ResumableDataLoader
 
 __all__ = [
     "CorruptImagesSkippedWarning",
@@ -140,17 +141,19 @@ def collate_skipping_none(batch: Sequence[Any]) -> Any:
     return default_collate(kept)
 
 
-class SkipReportingDataLoader(DataLoader):
-    """A ``DataLoader`` that warns, when an epoch's iteration ends, how many samples a :class:`SkipCounter` counted.
+class SkipReportingDataLoader(ResumableDataLoader):
+    """A :class:`~lightning_margin.data.sampler.ResumableDataLoader` that warns, when an epoch's iteration ends, how
+    many samples a :class:`SkipCounter` counted.
 
-    Takes every ``DataLoader`` argument (Lightning re-creates it with a distributed sampler under DDP) plus
-    ``skip_counter``.
+    Takes every ``ResumableDataLoader`` argument (Lightning re-creates it with a distributed sampler under DDP) plus
+    ``skip_counter``. It resumes mid-epoch like its base class: a batch with dropped samples still advances the
+    position by ``batch_size`` samples of the epoch's order.
 
     Args:
         dataset: The (usually :class:`SkipCorruptDataset`-wrapped) dataset.
-        *args: ``DataLoader`` positional arguments.
+        *args: ``ResumableDataLoader`` positional arguments.
         skip_counter: The counter to report; ``None`` reports nothing.
-        **kwargs: ``DataLoader`` keyword arguments.
+        **kwargs: ``ResumableDataLoader`` keyword arguments.
 
     Attributes:
         skipped_last_epoch: Samples skipped during the last finished (or abandoned) iteration.

@@ -15,7 +15,7 @@ from lightning_margin.data.corrupt import (
     collate_skipping_none,
 )
 from lightning_margin.data.memory import InMemoryDataset
-from lightning_margin.data.sampler import DeferSigtermInWorkers, ResumableDataLoader, ResumableRandomSampler
+from lightning_margin.data.sampler import DeferSigtermInWorkers, ResumableDataLoader
 from lightning_margin.data.sources import (
     DATA_ENV,
     build_training_set,
@@ -275,7 +275,7 @@ class FaceDataModule(LightningDataModule):
 
         Lightning saves its position in the epoch's seeded order in every checkpoint; a resumed fit continues with
         the next unread batch, and the random flip drawn in the workers is seeded per sample, so it is the same
-        for any ``num_workers``. (With ``skip_corrupt`` the order is seeded but the position is not saved.)
+        for any ``num_workers``. With ``skip_corrupt`` it is a :class:`SkipReportingDataLoader`, which resumes too.
         """
         if len(self.train_set) < self.batch_size:  # type: ignore[arg-type]
             raise ValueError(
@@ -289,18 +289,13 @@ class FaceDataModule(LightningDataModule):
             "pin_memory": self._pin_memory(),
             "persistent_workers": self.num_workers > 0,
         }
+        # Per-sample seeds only where the workers draw random numbers (the flip; done on the device otherwise).
+        common["seed_samples"] = self.train_transform.flip_probability > 0
         if not self.skip_corrupt:
-            # Per-sample seeds only where the workers draw random numbers (the flip; done on the device otherwise).
-            seed_samples = self.train_transform.flip_probability > 0
-            return ResumableDataLoader(self.train_set, shuffle=True, seed_samples=seed_samples, **common)
-        wrapped = SkipCorruptDataset(self.train_set, self.skip_counter)
-        # The same seeded order (but not the position: SkipReportingDataLoader keeps no state) and a private
-        # generator, so that starting an epoch draws nothing from the global random state.
-        sampler = ResumableRandomSampler(wrapped)
+            return ResumableDataLoader(self.train_set, shuffle=True, **common)
         return SkipReportingDataLoader(
-            wrapped,
-            sampler=sampler,
-            generator=torch.Generator().manual_seed(sampler.seed),
+            SkipCorruptDataset(self.train_set, self.skip_counter),
+            shuffle=True,
             collate_fn=collate_skipping_none,
             skip_counter=self.skip_counter,
             **common,
