@@ -195,6 +195,25 @@ def test_roc_figure_has_one_line_per_model_with_the_given_data(tmp_path):
         assert image.size == (600, 450)
 
 
+def test_roc_legend_ranks_by_area_and_moves_beside_many_curves():
+    generator = np.random.default_rng(3)
+    issame = np.repeat([0, 1], 200)
+    curves = {}
+    for name, separation in zip("cafbed", (1.5, 0.2, 2.5, 0.8, 3.0, 1.1), strict=True):
+        curves[name] = sklearn_roc_curve(issame, generator.normal(size=400) + separation * issame)[:2]
+    ranked = sorted(curves, key=lambda name: -sklearn_auc(*curves[name]))
+    for count in (3, 6):
+        shown = dict(list(curves.items())[:count])
+        figure = plot_roc_curves(shown)
+        (axes,) = figure.axes
+        legend = axes.get_legend()
+        assert [text.get_text().split()[0] for text in legend.get_texts()] == [n for n in ranked if n in shown]
+        assert [line.get_label().split()[0] for line in axes.get_lines()] == list(shown)  # drawn in the given order
+        figure.canvas.draw()
+        beside = legend.get_window_extent().x0 >= axes.get_window_extent().x1
+        assert beside == (count > 5)
+
+
 def test_roc_figure_labels_and_bad_input():
     curves = two_curves()
     figure = plot_roc_curves(curves, labels={"weak": "baseline"})

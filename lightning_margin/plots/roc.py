@@ -39,6 +39,10 @@ def _as_rates(name: str, curve: Any) -> tuple[np.ndarray, np.ndarray]:
     return fpr, tpr
 
 
+#: Up to this many curves the legend sits in the axes (lower right); more go beside them.
+_LEGEND_INSIDE_MAX = 5
+
+
 def plot_roc_curves(
     curves: Mapping[str, Any],
     path: str | os.PathLike[str] | None = None,
@@ -50,8 +54,9 @@ def plot_roc_curves(
 
     One line per entry of ``curves``, drawn with exactly the given points. The legend shows each name with its area
     under the curve (trapezoidal rule over the given points, i.e. the full-range ROC AUC when the curve spans
-    FAR 0 to 1) unless ``labels`` gives another text. Points with FAR = 0 have no place on a log axis and are not
-    drawn; the axis starts at the smallest positive FAR of any curve.
+    FAR 0 to 1) unless ``labels`` gives another text, best area first; with more than five curves it sits beside
+    the axes, where it hides none of them. Points with FAR = 0 have no place on a log axis and are not drawn; the
+    axis starts at the smallest positive FAR of any curve.
 
     Args:
         curves: ``{name: (fpr, tpr)}``; also accepts ``(fpr, tpr, thresholds)`` or the ``roc`` dict of
@@ -75,13 +80,16 @@ def plot_roc_curves(
     if unknown:
         raise ValueError(f"`labels` names curves that are not plotted: {unknown}; curves are {sorted(curves)}")
 
-    figure = new_figure(6.0, 4.5)
+    beside = len(curves) > _LEGEND_INSIDE_MAX
+    figure = new_figure(8.5 if beside else 6.0, 4.5)
     axes = figure.add_subplot()
     smallest_positive = math.inf
+    ranked = []
     for name, curve in curves.items():
         fpr, tpr = _as_rates(name, curve)
         area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # trapezoidal rule (np.trapz is numpy-1 only)
-        axes.plot(fpr, tpr, label=labels.get(name, f"{name} (AUC = {area:.4f})"), linewidth=1.5)
+        (line,) = axes.plot(fpr, tpr, label=labels.get(name, f"{name} (AUC = {area:.4f})"), linewidth=1.5)
+        ranked.append((area, line))
         positive = fpr[fpr > 0]
         if positive.size:
             smallest_positive = min(smallest_positive, float(positive.min()))
@@ -95,6 +103,11 @@ def plot_roc_curves(
     axes.set_ylabel("True accept rate (TAR)")
     axes.set_title(title if title is not None else "Verification ROC")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="lower right")
+    handles = [line for _, line in sorted(ranked, key=lambda entry: -entry[0])]  # the legend reads as a ranking
+    if beside:  # many curves: a legend inside the axes would hide some of them
+        axes.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        figure.subplots_adjust(right=0.68)
+    else:
+        axes.legend(handles=handles, loc="lower right")
     save_figure(figure, path)
     return figure
