@@ -104,11 +104,11 @@ def export(name: str) -> None:
 def report() -> None:
     """Write ``zoo/README.md``'s table and ``zoo/roc.png`` from the exported folders (re-evaluated for the ROC).
 
-    Stops if a re-evaluation does not reproduce the folder's ``metrics.json`` (an export older than its weights).
+    The re-evaluation is ``lightning-margin verify``'s: it stops the report if it does not reproduce the folder's card
+    (an export older than its weights).
     """
-    from lightning_margin import FaceEmbedder
     from lightning_margin.plots.roc import plot_roc_curves
-    from lightning_margin.verify import evaluate_embedder
+    from lightning_margin.verify import load_embedder, verify_models
 
     rows, curves = [], {}
     for name in zoo_names():
@@ -118,14 +118,13 @@ def report() -> None:
             continue
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))[SET]
         training = json.loads((folder / "training.json").read_text(encoding="utf-8"))
-        embedder = FaceEmbedder.from_pretrained(folder)
-        config = embedder.config
-        # Re-evaluated for the ROC curve, which metrics.json does not hold; the scores double as a check of the export.
-        result = evaluate_embedder(embedder, "lfw:dev_test", progress=False)
-        differing = [key for key in ("accuracy", "eer", "auc") if abs(float(result[key]) - metrics[key]) > 1e-6]
-        if differing:
-            raise SystemExit(f"[{name}] re-evaluated {differing} differ from metrics.json: export it again")
-        curves[name] = result["roc"]
+        model = load_embedder(folder)
+        config = model.embedder.config
+        # Re-evaluated for the ROC curve, which metrics.json does not hold; the card (6 decimals) must come out exactly.
+        verified = verify_models([model], progress=False, batch_size=250, tolerance=1e-5)
+        if verified.mismatches or not verified.compared:
+            raise SystemExit(f"[{name}] the re-evaluation does not reproduce the card: export it again")
+        curves[name] = verified.rows[model.name]["roc"]
         head = ", ".join(f"{key}={value}" for key, value in (config.get("loss_kwargs") or {}).items()) or "—"
         rows.append((name, config.get("loss"), head, metrics, training, (folder / "model.safetensors").stat().st_size))
     if not rows:
