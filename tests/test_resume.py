@@ -448,6 +448,16 @@ def test_the_skip_corrupt_loader_resumes_at_the_next_unread_batch():
     assert len(consumed + rest) == 23 // 4
 
 
+def test_without_a_seed_every_process_shuffles_alike(monkeypatch):
+    # DDP ranks are separate processes whose own torch seeds differ: their shares must still partition the epoch.
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    shares = []
+    for rank, process_seed in ((0, 11), (1, 12)):
+        torch.manual_seed(process_seed)
+        shares.append(list(ResumableRandomSampler(range(10), num_replicas=2, rank=rank)))
+    assert sorted(shares[0] + shares[1]) == list(range(10))
+
+
 def test_integral_floats_from_yaml_count_as_integers():
     from_yaml = ResumableRandomSampler(range(10), seed=3, num_replicas=2.0, rank=1.0)
     torchs = DistributedSampler(range(10), num_replicas=2, rank=1, seed=3)

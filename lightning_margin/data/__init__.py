@@ -61,7 +61,6 @@ from lightning_margin.data.sampler import (
     DeferSigtermInWorkers,
     ResumableDataLoader,
     ResumableRandomSampler,
-    epoch_permutation,
     sample_seed,
 )
 from lightning_margin.data.sources import DATA_ENV, build_training_set, build_verification_set, parse_source
@@ -118,7 +117,6 @@ __all__ = [
     "decode_and_transform",
     "decode_image",
     "download_lfw",
-    "epoch_permutation",
     "frame_record",
     "horizontal_flip",
     "lfw_image_path",

@@ -17,6 +17,7 @@ On resume the consumed samples are skipped by index: their images are never load
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -39,47 +40,10 @@ __all__ = [
     "DeferSigtermInWorkers",
     "ResumableDataLoader",
     "ResumableRandomSampler",
-    "epoch_permutation",
-    "rank_share",
     "sample_seed",
 ]
 
 _MASK64 = (1 << 64) - 1
-
-
-def epoch_permutation(size: int, seed: int, epoch: int, shuffle: bool = True) -> Tensor:
-    """The order of ``range(size)`` in epoch ``epoch``: ``torch.randperm`` seeded with ``seed + epoch``.
-
-    The same permutation as :class:`~torch.utils.data.DistributedSampler` with the same ``seed`` and epoch, so
-    both samplers (and every rank) agree. ``shuffle=False`` returns ``0, 1, ..., size - 1``.
-
-    Example:
-        >>> sorted(epoch_permutation(5, seed=0, epoch=3).tolist())
-        [0, 1, 2, 3, 4]
-    """
-    if not shuffle:
-        return torch.arange(size)
-    generator = torch.Generator().manual_seed(seed + epoch)
-    return torch.randperm(size, generator=generator)
-
-
-def rank_share(indices: Tensor, num_replicas: int, rank: int, drop_last: bool = False) -> Tensor:
-    """The part of an epoch's ``indices`` that ``rank`` of ``num_replicas`` reads: every ``num_replicas``-th one.
-
-    As :class:`~torch.utils.data.DistributedSampler`: the epoch is padded with its first indices (or, with
-    ``drop_last``, truncated) to a multiple of ``num_replicas`` so that every rank gets the same number.
-
-    Example:
-        >>> rank_share(torch.arange(5), num_replicas=2, rank=1).tolist()  # padded with index 0
-        [1, 3, 0]
-    """
-    size = len(indices)
-    per_rank = size // num_replicas if drop_last else math.ceil(size / num_replicas)
-    total = per_rank * num_replicas
-    if total > size:
-        repeats = math.ceil(total / size)
-        indices = indices.repeat(repeats)
-    return indices[:total][rank::num_replicas]
 
 
 def _splitmix64(value: int) -> int:
@@ -104,10 +68,10 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def _default_seed() -> int:
-    # Lightning's seed_everything exports the seed for the processes it launches (DDP ranks): every rank then
-    # shuffles with the same permutation. Without it, torch's own seed of this process.
-    seed = os.environ.get("PL_GLOBAL_SEED")
-    return int(seed) if seed is not None else torch.initial_seed()
+    # Every rank must shuffle with the same permutation. Lightning's seed_everything exports its seed for the
+    # processes it launches; without it, 0 (as Lightning's and torch's DistributedSampler): a process's own
+    # torch.initial_seed() differs between ranks, whose shares would then overlap.
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
@@ -120,8 +84,8 @@ def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
 class ResumableRandomSampler(DistributedSampler):
     """A shuffling sampler whose order is a pure function of ``(seed, epoch)`` and whose position can be restored.
 
-    Each epoch visits ``range(len(dataset))`` in the order :func:`epoch_permutation` gives (exactly
-    :class:`~torch.utils.data.DistributedSampler`'s), this rank's share of it (:func:`rank_share`), starting at
+    Each epoch visits this rank's share of ``range(len(dataset))`` in
+    :class:`~torch.utils.data.DistributedSampler`'s order for ``(seed, epoch)`` (its ``__iter__``), starting at
     :attr:`position`. Nothing is drawn from the global random state. :class:`ResumableDataLoader` advances
     :attr:`position` as batches are consumed and saves :meth:`state_dict` in checkpoints; on resume the epoch
     continues with the next unread sample. Lightning calls :meth:`set_epoch` at every epoch start.
@@ -134,8 +98,8 @@ class ResumableRandomSampler(DistributedSampler):
 
     Args:
         dataset: The dataset (only its length is used).
-        seed: The shuffle seed. ``None``: Lightning's ``seed_everything`` seed (``$PL_GLOBAL_SEED``), else
-            ``torch.initial_seed()``. A loaded checkpoint's seed replaces it, so the resumed run keeps its order.
+        seed: The shuffle seed. ``None``: Lightning's ``seed_everything`` seed (``$PL_GLOBAL_SEED``), else 0, the
+            same on every rank. A loaded checkpoint's seed replaces it, so the resumed run keeps its order.
         shuffle: Shuffle (``False``: dataset order, still resumable).
         drop_last: With several ranks: drop the tail of the epoch instead of padding it with repeated samples so
             that every rank gets the same number.
@@ -202,17 +166,9 @@ class ResumableRandomSampler(DistributedSampler):
     def __len__(self) -> int:
         return self.num_samples
 
-    def epoch_indices(self, epoch: int | None = None) -> list[int]:
-        """This rank's whole share of epoch ``epoch`` (default: the current one), ignoring :attr:`position`."""
-        epoch = self.epoch if epoch is None else epoch
-        world, rank = _world(self._num_replicas, self._rank)
-        if rank >= world:
-            raise ValueError(f"rank {rank} does not exist with num_replicas={world}")
-        order = epoch_permutation(len(self.dataset), self.seed, epoch, self.shuffle)
-        return rank_share(order, world, rank, self.drop_last).tolist()
-
     def __iter__(self) -> Iterator[int]:
-        return iter(self.epoch_indices()[self.position :])
+        # DistributedSampler's own order and share, read through the properties above; resumed at `position`.
+        return itertools.islice(super().__iter__(), self.position, None)
 
     def set_epoch(self, epoch: int) -> None:
         """Select epoch ``epoch``'s permutation; a different epoch than the current one starts at position 0."""
