@@ -467,6 +467,8 @@ class FaceEmbedder(
         target = Path(save_directory)
         target.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+        if kwargs.get("push_to_hub") and kwargs.get("repo_id") is None:
+            kwargs["repo_id"] = target.name  # the mixin's default, which would otherwise be the staging folder's name
         try:
             result = super().save_pretrained(staging, **kwargs)
             for path in sorted(staging.iterdir(), key=lambda path: path.name == CONFIG_NAME):

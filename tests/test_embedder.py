@@ -170,6 +170,15 @@ def test_save_load_round_trip_gives_identical_embeddings(checkpoint, tmp_path):
     assert torch.equal(loaded.embed(images), embedder.embed(images))
 
 
+def test_save_pretrained_pushes_under_the_folder_name_by_default(checkpoint, tmp_path, monkeypatch):
+    pushed = []
+    monkeypatch.setattr(FaceEmbedder, "push_to_hub", lambda self, repo_id, **kwargs: pushed.append(repo_id) or "url")
+    embedder = FaceEmbedder.from_checkpoint(checkpoint)
+    embedder.save_pretrained(tmp_path / "mymodel", push_to_hub=True)
+    embedder.save_pretrained(tmp_path / "other", push_to_hub=True, repo_id="org/named")
+    assert pushed == ["mymodel", "org/named"]  # as huggingface_hub's mixin names it, not the hidden staging folder
+
+
 def test_a_save_killed_mid_write_leaves_the_previous_export_loadable(checkpoint, tmp_path, monkeypatch):
     import lightning_margin.embedder as embedder_module
 
