@@ -40,7 +40,7 @@ def repo_id(name: str) -> str:
 
 
 def _cli(*arguments: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from lightning_margin.cli import main; sys.exit(main())", *arguments]
+    return [sys.executable, "-m", "lightning_margin.cli", *arguments]
 
 
 def last_checkpoint(name: str) -> Path:
@@ -83,7 +83,6 @@ def export(name: str) -> None:
     """
     folder = ZOO / name
     staging = RUNS / name / "export"
-    shutil.rmtree(staging, ignore_errors=True)
     command = _cli(
         "publish",
         str(last_checkpoint(name)),

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
 __all__ = ["RNGStateCheckpoint", "collect_rng_states", "set_rng_states"]
@@ -128,9 +129,7 @@ class RNGStateCheckpoint(Callback):
         # fit starts the validation iterator once more (to skip a validation that ran before the interruption)
         # between this hook and the first training batch, with no hook in between. A private generator for the
         # validation loaders (their samples are not random) keeps that draw out of the training stream.
-        for loader in _flatten(trainer.val_dataloaders):
-            if isinstance(loader, DataLoader) and loader.generator is None:
-                loader.generator = torch.Generator().manual_seed(0)
+        apply_to_collection(trainer.val_dataloaders, DataLoader, _give_private_generator)
         self._training_states = collect_rng_states()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -164,12 +163,6 @@ class RNGStateCheckpoint(Callback):
         self._loaded = list(state_dict["per_rank"])
 
 
-def _flatten(collection: Any) -> list[Any]:
-    # Lightning keeps evaluation loaders as one loader, a list/tuple of them or a dict of them.
-    if collection is None:
-        return []
-    if isinstance(collection, dict):
-        collection = list(collection.values())
-    if isinstance(collection, (list, tuple)):
-        return [item for element in collection for item in _flatten(element)]
-    return [collection]
+def _give_private_generator(loader: DataLoader) -> None:
+    if loader.generator is None:
+        loader.generator = torch.Generator().manual_seed(0)

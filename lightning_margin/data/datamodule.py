@@ -284,18 +284,18 @@ class FaceDataModule(LightningDataModule):
             )
         common = {
             "batch_size": self.batch_size,
+            "shuffle": True,
             "drop_last": True,
             "num_workers": self.num_workers,
             "pin_memory": self._pin_memory(),
             "persistent_workers": self.num_workers > 0,
+            # Per-sample seeds only where the workers draw random numbers (the flip; done on the device otherwise).
+            "seed_samples": self.train_transform.flip_probability > 0,
         }
-        # Per-sample seeds only where the workers draw random numbers (the flip; done on the device otherwise).
-        common["seed_samples"] = self.train_transform.flip_probability > 0
         if not self.skip_corrupt:
-            return ResumableDataLoader(self.train_set, shuffle=True, **common)
+            return ResumableDataLoader(self.train_set, **common)
         return SkipReportingDataLoader(
             SkipCorruptDataset(self.train_set, self.skip_counter),
-            shuffle=True,
             collate_fn=collate_skipping_none,
             skip_counter=self.skip_counter,
             **common,

@@ -100,8 +100,8 @@ def pack_image_folder(
     return summary, skipped
 
 
-def _detect_format(path: Path) -> str:
-    for _, line in read_text_lines(path, what="pair list"):
+def _detect_format(path: Path, lines: list[tuple[int, str]]) -> str:
+    for _, line in lines:
         if line.strip() and not line.lstrip().startswith("#"):
             fields = line.split()
             numeric = all(field.isascii() and field.isdigit() for field in fields)
@@ -128,8 +128,9 @@ def read_pair_list(
     if list_format not in PAIR_LIST_FORMATS:
         raise ValueError(f"list_format must be one of {', '.join(PAIR_LIST_FORMATS)}, got {list_format!r}")
     path, root = Path(pairs_file), Path(image_root)
+    lines = read_text_lines(path, what="pair list") if list_format != "lfw" else []
     if list_format == "auto":
-        list_format = _detect_format(path)
+        list_format = _detect_format(path, lines)
     if list_format == "lfw":
         return [
             (
@@ -141,7 +142,7 @@ def read_pair_list(
             for pair in read_pairs_list(path)
         ]
     pairs = []
-    for number, line in read_text_lines(path, what="pair list"):
+    for number, line in lines:
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = [field.strip() for field in line.split("\t")] if "\t" in line else line.split()

@@ -113,8 +113,7 @@ def _check_pickle_bounds(data: bytes, source: str) -> None:
     stream = io.BytesIO(data)
     start = opcodes = 0
     try:
-        for opcode, argument, position in pickletools.genops(stream):
-            start = position
+        for opcode, argument, _ in pickletools.genops(stream):
             opcodes += 1
             if opcode.name in _MEMO_PUTS and int(argument) >= opcodes:
                 raise ValueError(f"memo index {argument} after only {opcodes - 1} opcodes")
