@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
-__all__ = ["RNGStateCheckpoint", "collect_rng_states", "set_rng_states"]
+__all__ = ["RNGStateCheckpoint", "collect_rng_states", "finish_epoch_end_checkpoint", "set_rng_states"]
 
 
 def collect_rng_states() -> dict[str, Any]:
@@ -158,9 +158,65 @@ class RNGStateCheckpoint(Callback):
             return {"per_rank": gathered}
         return {"per_rank": [states]}
 
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Called before Lightning restores its loops from the same dictionary.
+        finish_epoch_end_checkpoint(checkpoint)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Restored in on_train_start: Lightning creates the resumed iterators and runs the sanity check before it.
         self._loaded = list(state_dict["per_rank"])
+
+
+def finish_epoch_end_checkpoint(checkpoint: dict[str, Any]) -> bool:
+    """Record an epoch as finished in a checkpoint written by an ``on_train_epoch_end`` hook (``ModelCheckpoint``'s
+    epoch-end save, a SIGTERM handled there); returns whether it did.
+
+    Such a checkpoint says the epoch's batches are all processed but the epoch is not completed. Lightning (2.6)
+    resumes it, when training is bounded by ``max_steps``, by running the epoch's end once more: its ``processed``
+    counter then stays one ahead, and every later epoch sets its sampler to the wrong epoch (another order). Marking
+    the epoch completed and the per-epoch batch counters reset, as at the start of the next epoch, resumes there.
+
+    Example:
+        >>> progress = {"ready": 1, "started": 1, "processed": 1, "completed": 0}
+        >>> batches = {"ready": 32, "started": 32, "processed": 32, "completed": 32}
+        >>> checkpoint = {"loops": {"fit_loop": {
+        ...     "epoch_progress": {"total": dict(progress), "current": dict(progress)},
+        ...     "epoch_loop.batch_progress": {"total": dict(batches), "current": dict(batches), "is_last_batch": True},
+        ... }}}
+        >>> finish_epoch_end_checkpoint(checkpoint)
+        True
+        >>> checkpoint["loops"]["fit_loop"]["epoch_progress"]["total"]["completed"]
+        1
+        >>> checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"]
+        0
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not loop or "epoch_progress" not in loop:
+        return False
+    epochs = loop["epoch_progress"]["total"]
+    batches = loop.get("epoch_loop.batch_progress", {}).get("total", {})
+    inside_epoch_end = epochs["ready"] == epochs["started"] == epochs["processed"] == epochs["completed"] + 1
+    batches_done = len(set(batches.values())) <= 1  # no batch in flight
+    if not (inside_epoch_end and batches_done):
+        return False
+    for tracker in (loop["epoch_progress"]["total"], loop["epoch_progress"]["current"]):
+        tracker["completed"] = tracker["processed"]
+    for key in ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress", "epoch_loop.val_loop.batch_progress"):
+        if key in loop:
+            _zero(loop[key]["current"])
+    if "epoch_loop.batch_progress" in loop:
+        loop["epoch_loop.batch_progress"]["is_last_batch"] = False
+    optimizer = loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
+    for tracker in optimizer.values():
+        _zero(tracker["current"])
+    return True
+
+
+def _zero(tracker: dict[str, Any]) -> None:
+    for name in tracker:
+        tracker[name] = 0
 
 
 def _give_private_generator(loader: DataLoader) -> None:

@@ -24,7 +24,7 @@ import random
 import signal
 import threading
 import warnings
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 from contextlib import contextmanager
 from typing import Any
 
@@ -266,19 +266,28 @@ def _seeded_cpu_generators(seed: int) -> Iterator[None]:
 
 
 class _CountingIterator(Iterator):
-    """A DataLoader iterator that tells its loader about every batch it hands out."""
+    """A DataLoader iterator that tells its loader about every batch it hands out.
 
-    def __init__(self, loader: ResumableDataLoader, iterator: Iterator) -> None:
+    The DataLoader's own iterator is created at the first ``next()``, not here: on resume Lightning creates the
+    training iterator before it calls ``set_epoch`` for the resumed epoch (``FitLoop.setup_data``, then
+    ``on_advance_start``), and an iterator created at once would fix the epoch's order (workers prefetch indices as
+    soon as they start) and its per-sample seeds for the previous epoch.
+    """
+
+    def __init__(self, loader: ResumableDataLoader, start: Callable[[], Iterator]) -> None:
         self.loader = loader
-        self.iterator = iterator
+        self.start = start
+        self.iterator: Iterator | None = None
 
     def __next__(self) -> Any:
+        if self.iterator is None:
+            self.iterator = self.start()
         batch = next(self.iterator)
         self.loader._consumed_one_batch()
         return batch
 
     def __len__(self) -> int:
-        return len(self.iterator)  # type: ignore[arg-type]
+        return len(self.loader)
 
 
 class DeferSigtermInWorkers:
@@ -406,11 +415,15 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         if not self.resumable:
             return super().__iter__()
+        return _CountingIterator(self, self._start_epoch)
+
+    def _start_epoch(self) -> Iterator[Any]:
+        # Read when the first batch is requested: Lightning may call set_epoch between iter() and next().
         sampler: ResumableRandomSampler = self.sampler  # type: ignore[assignment]
         if isinstance(self.dataset, _SampleSeeded):
             self.dataset.seed = sampler.seed  # a loaded checkpoint may have changed it
         self._epoch.fill_(sampler.epoch)
-        return _CountingIterator(self, super().__iter__())
+        return super().__iter__()
 
     def _consumed_one_batch(self) -> None:
         sampler: ResumableRandomSampler = self.sampler  # type: ignore[assignment]

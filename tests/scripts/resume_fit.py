@@ -8,6 +8,8 @@ uninterrupted run. Run the CLI with this repository on ``PYTHONPATH``; as a scri
     python tests/scripts/resume_fit.py fit --config CONFIG [--ckpt_path last]
 """
 
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,54 @@ class FaultAtStep(Callback):
             time.sleep(0.01)
 
 
+class StopAt(Callback):
+    """Signals this process at a hook boundary: the ``occurrence``-th call (1-based) of ``hook`` where
+    ``trainer.global_step == step`` (any step when ``step`` is ``None``).
+
+    ``signal="SIGTERM"`` is sent to the whole process group on rank 0 of a one-process fit (as a scheduler does: the
+    DataLoader workers get it too) and to each rank itself under DDP (every rank reaches the hook in program order, so
+    all of them stop at the same boundary). ``signal="SIGKILL"`` kills the process group at once. ``marker`` is
+    written first, so the test knows the stop point was reached.
+    """
+
+    HOOKS = (
+        "on_sanity_check_start",
+        "on_sanity_check_end",
+        "on_train_epoch_start",
+        "on_train_batch_end",
+        "on_train_epoch_end",
+        "on_validation_start",
+        "on_validation_batch_end",
+        "on_validation_end",
+        "on_save_checkpoint",
+    )
+
+    def __init__(self, hook: str, step: int | None, marker: str, signal: str = "SIGTERM", occurrence: int = 1) -> None:
+        if hook not in self.HOOKS:
+            raise ValueError(f"hook must be one of {self.HOOKS}, got {hook!r}")
+        self.hook, self.step, self.marker, self.signal, self.occurrence = hook, step, Path(marker), signal, occurrence
+        self.calls = 0
+        for name in self.HOOKS:
+            if name == hook:
+                setattr(self, name, self._maybe_stop)
+
+    def _maybe_stop(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.step is not None and trainer.global_step != self.step:
+            return
+        self.calls += 1
+        if self.calls != self.occurrence:
+            return
+        if trainer.global_rank == 0:
+            self.marker.write_text(f"{self.hook} {trainer.global_step}")
+        if self.signal == "SIGKILL":
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        elif trainer.world_size > 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+        time.sleep(0.2)  # let the handler run before the hook returns
+
+
 class StepRecorder(Callback):
     """Records every training step (inputs, head hyperparameters, LR, Partial FC's classes) and the final state.
 
@@ -62,6 +112,7 @@ class StepRecorder(Callback):
             "margin": head.margin,
             "lr": [group["lr"] for group in trainer.optimizers[0].param_groups],
             "epoch": trainer.current_epoch,
+            "rng": torch.get_rng_state(),  # the global stream the step's dropout and Partial FC draw from
         }
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
