@@ -64,7 +64,14 @@ class MarginHead(nn.Module):
       ``(row, class)`` entry independently of the other classes;
     - :meth:`target_inputs` uses only the true class's rows, and each of its columns is a value that the
       sharded loss may compute on the rank holding the class and sum over ranks (zero elsewhere);
-    - :meth:`update_statistics` depends only on its arguments, so that every rank moves its buffers alike.
+    - :meth:`update_statistics` depends only on its arguments, so that every rank moves its buffers alike;
+    - :meth:`plain_target_logits` is the true class's entry of :meth:`class_logits` (the one-device path swaps
+      it for the target logit), and :meth:`regularizer` is a function of ``x`` alone (sharded, of the gathered
+      batch).
+
+    The pieces get full-precision ``x`` (float32 or float64, autocast off) and do not check their inputs;
+    :meth:`forward` and :meth:`logits` do. A subclass may still override :meth:`_logits` for a faster one-device
+    path (plain softmax skips its no-op margin), but it must give what the pieces give.
 
     Args:
         embedding_size: Width ``D`` of the embeddings.
@@ -207,7 +214,7 @@ class MarginHead(nn.Module):
 
     def non_target_logits(self, logits: Tensor, target_logits: Tensor) -> Tensor:
         """The logits of the classes other than the true one, from their plain logits ``[B, n]``; the identity
-        by default (CurricularFace re-weights hard negatives).
+        by default (CurricularFace, Huang et al., 2020, re-weights the hard negatives).
 
         ``target_logits`` (``[B]``, no gradient) are each row's margin-penalised true-class logits. Every entry
         must depend only on itself and its row's target logit: the loss applies this to blocks of classes.
@@ -316,8 +323,23 @@ class CosineMarginHead(MarginHead):
     """Base of the heads whose logits are ``s(x) cos(theta)`` with a margin on the true class's cosine.
 
     Subclasses implement :meth:`apply_margin` (the penalised true-class cosine) and may override
-    :meth:`logit_scale` (a per-sample scale such as SphereFace's ``||x||``); sub-centres come with
-    ``rows_per_class > 1``.
+    :meth:`logit_scale` (a per-sample scale such as SphereFace's ``||x||``), :meth:`non_target_logits` and
+    :meth:`update_statistics`; sub-centres come with ``rows_per_class > 1``. Such a head meets
+    :class:`MarginHead`'s contract as long as those use only their arguments, hyperparameters and buffers, so it
+    runs sharded, chunked and with Partial FC as it is.
+
+    Example:
+        >>> from lightning_margin.functional import cosface_margin
+        >>> class HalfCosFace(CosineMarginHead):  # with @register_head("half_cosface") it is built by name
+        ...     scale = 16.0
+        ...
+        ...     def apply_margin(self, cos, x, labels):
+        ...         return cosface_margin(cos, 0.5 * (1.0 - cos))  # a margin that shrinks as cos -> 1
+        >>> head = HalfCosFace(embedding_size=2, num_classes=2)
+        >>> with torch.no_grad():
+        ...     _ = head.weight.copy_(torch.eye(2))
+        >>> head.logits(torch.tensor([[1.0, 1.0]]), torch.tensor([0])).detach()  # cos = 0.7071 to both classes
+        tensor([[ 8.9706, 11.3137]])
     """
 
     scale: float
