@@ -1,6 +1,15 @@
 """Pure functions behind the margin heads: cosines, angles and margin penalties (no parameters, no state)."""
 
-from lightning_margin.functional.angles import cosine_logits, gather_rows, safe_arccos, target_cosine
+from lightning_margin.functional.angles import (
+    cosine_logits,
+    gather_rows,
+    normalized_linear,
+    paired_cosines,
+    row_ids,
+    safe_arccos,
+    scaled_directions,
+    target_cosine,
+)
 from lightning_margin.functional.margins import (
     adaface_margins,
     arcface_margin,
@@ -27,8 +36,12 @@ __all__ = [
     "gather_rows",
     "magface_margin",
     "magface_regularizer",
+    "normalized_linear",
+    "paired_cosines",
     "replace_target_logits",
+    "row_ids",
     "safe_arccos",
+    "scaled_directions",
     "sphereface_lambda",
     "sphereface_psi",
     "target_cosine",

@@ -6,7 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["cosine_logits", "gather_rows", "safe_arccos", "target_cosine"]
+__all__ = [
+    "cosine_logits",
+    "gather_rows",
+    "normalized_linear",
+    "paired_cosines",
+    "row_ids",
+    "safe_arccos",
+    "scaled_directions",
+    "target_cosine",
+]
 
 # F.normalize's floor on a norm: rows shorter than this are treated as having this norm.
 _NORM_EPS = 1e-12
@@ -104,24 +113,50 @@ class _CosineLogits(torch.autograd.Function):
         return grad_features, grad_weight, None
 
 
+def scaled_directions(embeddings: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+    """``scale * x / ||x||`` per row: the features a cosine head's class rows multiply.
+
+    Folding the scale into the ``[B, D]`` embeddings costs ``B x D`` work where scaling the ``[B, C]`` cosines
+    would cost ``B x C``. ``scale`` is a float or a ``[B]`` tensor (a per-sample scale such as ``||x||``).
+
+    Example:
+        >>> scaled_directions(torch.tensor([[3.0, 4.0]]), scale=10.0)
+        tensor([[6., 8.]])
+    """
+    x = F.normalize(embeddings, dim=1)
+    if isinstance(scale, Tensor):
+        return x * scale.unsqueeze(1)
+    return x * scale if scale != 1.0 else x
+
+
+def normalized_linear(features: Tensor, weight: Tensor, *, save_output: bool = False) -> Tensor:
+    """``features @ normalize(weight).T``: ``[B, C]``, without a normalised ``[C, D]`` copy of the weight.
+
+    The product is divided by the row norms, and the weight's gradient is the projection onto each row's tangent
+    plane (see :class:`_CosineLogits`). With ``save_output`` backward reads the ``[B, C]`` output instead of the
+    ``[C, D]`` weight gradient for the radial term (cheaper when ``B < D``); the caller must then not modify the
+    output in place.
+
+    Example:
+        >>> normalized_linear(torch.tensor([[2.0, 1.0]]), torch.tensor([[3.0, 0.0], [0.0, 0.5]]))
+        tensor([[2., 1.]])
+    """
+    return _CosineLogits.apply(features, weight, save_output)
+
+
 def cosine_logits(embeddings: Tensor, weight: Tensor, scale: float | Tensor = 1.0) -> Tensor:
     """``scale * cos(theta_j)`` between every embedding and every row of ``weight``: ``[B, C]``.
 
-    The scale multiplies the normalised embeddings (``[B, D]``) rather than the ``[B, C]`` result, and the weight
-    is never normalised as a ``[C, D]`` tensor (see :class:`_CosineLogits`): a margin head then costs about what
-    ``nn.Linear`` + cross-entropy costs. ``scale`` may be a float or a ``[B]`` tensor. The output may be modified
-    in place (the heads add the margin with ``scatter_add_``).
+    The scale multiplies the normalised embeddings (:func:`scaled_directions`) rather than the ``[B, C]`` result,
+    and the weight is never normalised as a ``[C, D]`` tensor (:func:`normalized_linear`): a margin head then
+    costs about what ``nn.Linear`` + cross-entropy costs. ``scale`` may be a float or a ``[B]`` tensor. The output
+    may be modified in place (the heads add the margin with ``scatter_add_``).
 
     Example:
         >>> cosine_logits(torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 3.0]]), scale=64.0)
         tensor([[64.,  0.]])
     """
-    x = F.normalize(embeddings, dim=1)
-    if isinstance(scale, Tensor):
-        x = x * scale.unsqueeze(1)
-    elif scale != 1.0:
-        x = x * scale
-    return _CosineLogits.apply(x, weight, False)
+    return normalized_linear(scaled_directions(embeddings, scale), weight)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -155,11 +190,43 @@ def gather_rows(weight: Tensor, rows: Tensor) -> Tensor:
     return _GatherRows.apply(weight, rows)
 
 
+def row_ids(classes: Tensor, rows_per_class: int) -> Tensor:
+    """The row ids of ``classes`` in a class-major parameter with ``rows_per_class`` rows per class (sub-centres).
+
+    Class ``j`` owns rows ``j * k .. j * k + k - 1``.
+
+    Example:
+        >>> row_ids(torch.tensor([2, 0]), rows_per_class=3)
+        tensor([6, 7, 8, 0, 1, 2])
+    """
+    if rows_per_class == 1:
+        return classes
+    return (classes.unsqueeze(1) * rows_per_class + torch.arange(rows_per_class, device=classes.device)).flatten()
+
+
+def paired_cosines(embeddings: Tensor, rows: Tensor) -> Tensor:
+    """``[B, k]`` cosines between each embedding and its own ``k`` rows (``rows``: ``[B * k, D]``, row-major).
+
+    The true-class cosines of a head with ``k`` sub-centres per class, computed from the gathered rows
+    (``B x k x D`` work) rather than from the ``[B, C]`` cosine matrix.
+
+    Example:
+        >>> paired_cosines(torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
+        tensor([[1., 0.]])
+    """
+    centres = rows.view(embeddings.shape[0], -1, embeddings.shape[1])
+    return (F.normalize(embeddings, dim=1).unsqueeze(1) * F.normalize(centres, dim=2)).sum(dim=2)
+
+
 def target_cosine(embeddings: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
     """``cos(theta_y)`` between each embedding and the row of its own label: ``[B]``.
 
     Computed directly (``B x D`` work) rather than gathered from the ``[B, C]`` cosine matrix, so the margin can
     be applied without touching, or keeping alive, the full matrix; the rows come from :func:`gather_rows`, so
     their gradient is sparse and adds into the dense one of :func:`cosine_logits` without a second ``[C, D]``.
+
+    Example:
+        >>> target_cosine(torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.tensor([1]))
+        tensor([0.7071])
     """
-    return (F.normalize(embeddings, dim=1) * F.normalize(gather_rows(weight, labels), dim=1)).sum(dim=1)
+    return paired_cosines(embeddings, gather_rows(weight, labels))[:, 0]

@@ -64,13 +64,13 @@ class AdaFace(CosineMarginHead):
     def _norms(x: Tensor) -> Tensor:
         return x.detach().norm(dim=1).clamp(*_NORM_RANGE)
 
-    def _update_statistics(self, x: Tensor, labels: Tensor) -> None:
+    def update_statistics(self, x: Tensor, labels: Tensor, inputs: Tensor) -> None:
         norms = self._norms(x)
         self.batch_mean.mul_(1.0 - self.momentum).add_(self.momentum * norms.mean().to(self.batch_mean.dtype))
         if norms.numel() > 1:  # the unbiased std of one sample is undefined
             self.batch_std.mul_(1.0 - self.momentum).add_(self.momentum * norms.std().to(self.batch_std.dtype))
 
-    def _target(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+    def apply_margin(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
         mean, std = self.batch_mean.to(x.dtype), self.batch_std.to(x.dtype)
         g_angle, g_add = adaface_margins(self._norms(x), mean, std, self.margin, self.concentration)
         return combined_margin(cos, 1.0, g_angle, g_add)

@@ -51,7 +51,7 @@ class ArcFace(CosineMarginHead):
         self.margin = check_range("margin", margin, 0.0, math.pi, high_inclusive=False)
         self.easy_margin = bool(easy_margin)
 
-    def _target(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+    def apply_margin(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
         return arcface_margin(cos, self.margin, self.easy_margin)
 
     def _hyperparameter_names(self) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_margin._validation import check_integer
-from lightning_margin.functional import cosine_logits, replace_target_logits, target_cosine
+from lightning_margin.functional import (
+    gather_rows,
+    normalized_linear,
+    paired_cosines,
+    replace_target_logits,
+    row_ids,
+    scaled_directions,
+)
 
 __all__ = ["CosineMarginHead", "MarginHead"]
 
@@ -23,19 +30,59 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
-class MarginHead(nn.Module, ABC):
+class MarginHead(nn.Module):
     """A classifier over ``num_classes`` identities whose loss is softmax cross-entropy on margin-penalised logits.
 
-    Subclasses implement :meth:`_logits`; this class owns ``weight`` (``[num_classes * rows_per_class,
-    embedding_size]``, :class:`torch.nn.Linear`'s layout), checks inputs, and runs the maths in float32 (float64
-    if the inputs or weights are float64) with autocast disabled, whatever precision the backbone runs in:
-    margins are differences of cosines near 1, which bf16/fp16 cannot resolve.
+    This class owns ``weight`` (``[num_classes * rows_per_class, embedding_size]``, :class:`torch.nn.Linear`'s
+    layout), checks inputs, and runs the maths in float32 (float64 if the inputs or weights are float64) with
+    autocast disabled, whatever precision the backbone runs in: margins are differences of cosines near 1, which
+    bf16/fp16 cannot resolve.
+
+    A head's logits are assembled from a few pieces, its public API, and every path computes the loss from those
+    same pieces: :meth:`forward` / :meth:`logits` on one device, and the sharded, chunked and Partial FC loss of
+    :mod:`lightning_margin.parallel`, which sees only a block of classes at a time and the true class's rows on
+    the rank that holds them. With ``x`` the full-precision embeddings and ``y`` the labels:
+
+    1. ``features = logit_features(x)``; the logits of any block of classes are
+       ``class_logits(features, *rows)``, from the rows of :meth:`class_parameters` of those classes, with the
+       sub-centres reduced by :meth:`reduce_subcenters`.
+    2. ``inputs = target_inputs(x, true_class_rows)``, ``[B, k]``: what the margin needs from the true class's
+       own rows (``cos theta_y`` for cosine heads).
+    3. In training, ``update_statistics(x, y, inputs)`` moves the running buffers, before any logit.
+    4. ``target_logits(inputs, x, y)``: the margin-penalised true-class logit, ``[B]``.
+    5. Every other class's logit is ``non_target_logits(class_logits(...), target_logits)``; the true class's
+       entry is replaced by the target logit; :meth:`regularizer` is added to the mean cross-entropy.
+
+    The default pieces are a bias-free linear layer without margin. A head registered with
+    :func:`~lightning_margin.heads.register_head` that overrides only these pieces (not :meth:`_logits`) works
+    sharded, chunked and with Partial FC without further code, provided that:
+
+    - :meth:`class_parameters` are the head's own parameters (attributes named as the keys), class-major with
+      ``rows_per_class`` (or 1) rows per class; other parameters and buffers are replicated on every rank;
+    - :meth:`class_logits` and :meth:`non_target_logits` use only their arguments and the head's hyperparameters
+      and buffers (never ``self.weight``: they get a block, a sample or a shard of the rows), and act on each
+      ``(row, class)`` entry independently of the other classes;
+    - :meth:`target_inputs` uses only the true class's rows, and each of its columns is a value that the
+      sharded loss may compute on the rank holding the class and sum over ranks (zero elsewhere);
+    - :meth:`update_statistics` depends only on its arguments, so that every rank moves its buffers alike;
+    - :meth:`plain_target_logits` is the true class's entry of :meth:`class_logits` (the one-device path swaps
+      it for the target logit), and :meth:`regularizer` is a function of ``x`` alone (sharded, of the gathered
+      batch).
+
+    The pieces get full-precision ``x`` (float32 or float64, autocast off) and do not check their inputs;
+    :meth:`forward` and :meth:`logits` do. A subclass may still override :meth:`_logits` for a faster one-device
+    path (plain softmax skips its no-op margin), but it must give what the pieces give.
 
     Args:
         embedding_size: Width ``D`` of the embeddings.
         num_classes: Number of identities ``C``.
         rows_per_class: Weight rows per class (sub-centres); 1 for every head but :class:`SubCenterArcFace`.
     """
+
+    # Whether the one-device path may give the true-class rows a sparse gradient (gather_rows), which autograd adds
+    # into the dense one without a second [C, D] buffer: only where class_logits always gives every class parameter
+    # a dense gradient (a sparse one alone would reach the parameter otherwise, e.g. for an undefined grad output).
+    _sparse_target_rows: bool = False
 
     def __init__(self, embedding_size: int, num_classes: int, *, rows_per_class: int = 1) -> None:
         super().__init__()
@@ -60,9 +107,10 @@ class MarginHead(nn.Module, ABC):
             x = embeddings.to(_compute_dtype(embeddings, self.weight))
             if self.training:
                 with torch.no_grad():
-                    self._update_statistics(x, labels)
+                    rows = self._true_class_rows(x, labels)
+                    self.update_statistics(x, labels, self.target_inputs(x, rows))
             loss = F.cross_entropy(self._logits(x, labels), labels)
-            return loss + self._regularizer(x)
+            return loss + self.regularizer(x)
 
     def logits(self, embeddings: Tensor, labels: Tensor | None = None) -> Tensor:
         """``[B, num_classes]`` logits: with labels, exactly what the loss's softmax sees; without, no margin."""
@@ -70,21 +118,158 @@ class MarginHead(nn.Module, ABC):
         with self._full_precision(embeddings):
             return self._logits(embeddings.to(_compute_dtype(embeddings, self.weight)), labels)
 
-    # ---- for subclasses ---------------------------------------------------------------------------------------
+    # ---- the pieces of the logits (see the class docstring; the sharded, chunked and Partial FC loss use them) ---
 
-    @abstractmethod
-    def _logits(self, x: Tensor, labels: Tensor | None) -> Tensor:
-        """Logits from full-precision embeddings ``x``; margin on the true class when ``labels`` is given."""
+    def class_parameters(self) -> dict[str, Tensor]:
+        """The class-major parameters by attribute name: rows ``j * k .. j * k + k - 1`` belong to class ``j``.
 
-    def _update_statistics(self, x: Tensor, labels: Tensor) -> None:
-        """Update running buffers from a training batch, before its logits are computed (no grad)."""
+        These are what the sharded loss splits across ranks, Partial FC samples and the chunked loss walks over;
+        ``{"weight": weight}`` by default (plain softmax adds its ``bias``).
 
-    def _regularizer(self, x: Tensor) -> Tensor | float:
-        """A term added to the mean cross-entropy (MagFace's norm regulariser); 0 by default."""
+        Example:
+            >>> from lightning_margin.heads import Softmax
+            >>> parameters = Softmax(embedding_size=4, num_classes=3).class_parameters()
+            >>> {name: tuple(parameter.shape) for name, parameter in parameters.items()}
+            {'weight': (3, 4), 'bias': (3,)}
+        """
+        return {"weight": self.weight}
+
+    def logit_features(self, x: Tensor) -> Tensor:
+        """What every class row multiplies, ``[B, F]``: ``x`` itself by default, ``s x / ||x||`` for cosine heads.
+
+        Example:
+            >>> from lightning_margin.heads import CosFace
+            >>> CosFace(embedding_size=2, num_classes=3, scale=10.0).logit_features(torch.tensor([[3.0, 4.0]]))
+            tensor([[6., 8.]])
+        """
+        return x
+
+    def class_logits(self, features: Tensor, weight: Tensor, *others: Tensor) -> Tensor:
+        """Logits ``[B, n]`` of a block of ``n`` classes without margin, from those classes' parameter rows.
+
+        ``weight`` (and ``others``, the further :meth:`class_parameters`) hold the block's rows only, so this must
+        not read ``self.weight``. The default is ``features @ weight.T``, reduced over sub-centres.
+
+        Example:
+            >>> head = MarginHead(embedding_size=2, num_classes=2)
+            >>> head.class_logits(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 0.0], [0.0, 3.0]]))
+            tensor([[1., 6.]])
+        """
+        return self.reduce_subcenters(F.linear(features, weight.to(features.dtype)))
+
+    def reduce_subcenters(self, logits: Tensor) -> Tensor:
+        """Sub-center ArcFace (Deng et al., 2020): ``[B, n * k]`` per-row values to ``[B, n]``, the max over each
+        class's ``k = rows_per_class`` rows; the identity for one row per class.
+
+        A positive scale commutes with the max, so scaled logits and cosines reduce alike.
+
+        Example:
+            >>> head = MarginHead(embedding_size=2, num_classes=2, rows_per_class=3)
+            >>> head.reduce_subcenters(torch.tensor([[0.1, 0.7, 0.3, -0.2, -0.5, 0.4]]))
+            tensor([[0.7000, 0.4000]])
+        """
+        if self.rows_per_class == 1:
+            return logits
+        # max(dim) keeps the indices for backward, not the output, so the caller may modify the result in place.
+        return logits.view(logits.shape[0], -1, self.rows_per_class).max(dim=2).values
+
+    def target_inputs(self, x: Tensor, rows: Sequence[Tensor]) -> Tensor:
+        """``[B, k]``: what the true-class logit needs from the true class's own rows, computed where they live.
+
+        ``rows`` holds, for each of :meth:`class_parameters`, the rows of every embedding's true class
+        (``[B * rows_per_class, ...]``). Each column must be a value the sharded loss can take from the rank that
+        holds the class (it sums them over ranks, zero elsewhere). By default the plain logit ``x . W_y``; cosine
+        heads return ``cos theta_y``.
+
+        Example:
+            >>> head = MarginHead(embedding_size=2, num_classes=3)
+            >>> head.target_inputs(torch.tensor([[1.0, 2.0]]), [torch.tensor([[3.0, 1.0]])])
+            tensor([[5.]])
+        """
+        weight = rows[0].to(x.dtype).view(x.shape[0], -1, x.shape[1])
+        return self.reduce_subcenters((x.unsqueeze(1) * weight).sum(dim=2))
+
+    def target_logits(self, inputs: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+        """The margin-penalised true-class logit ``[B]`` from :meth:`target_inputs`; no margin by default.
+
+        Example:
+            >>> head = MarginHead(embedding_size=2, num_classes=3)
+            >>> head.target_logits(torch.tensor([[5.0]]), torch.tensor([[1.0, 2.0]]), torch.tensor([1]))
+            tensor([5.])
+        """
+        return inputs[:, 0]
+
+    def plain_target_logits(self, inputs: Tensor, x: Tensor) -> Tensor:
+        """The true class's logit *without* margin ``[B]``, as :meth:`class_logits` gives it, from the inputs.
+
+        The one-device path adds ``target_logits - plain_target_logits`` at the true class in place (a
+        ``scatter_add_``, whose backward is the identity) instead of rewriting the ``[B, C]`` logits.
+
+        Example:
+            >>> head = MarginHead(embedding_size=2, num_classes=3)
+            >>> head.plain_target_logits(torch.tensor([[5.0]]), torch.tensor([[1.0, 2.0]]))
+            tensor([5.])
+        """
+        return inputs[:, 0]
+
+    def non_target_logits(self, logits: Tensor, target_logits: Tensor) -> Tensor:
+        """The logits of the classes other than the true one, from their plain logits ``[B, n]``; the identity
+        by default (CurricularFace, Huang et al., 2020, re-weights the hard negatives).
+
+        ``target_logits`` (``[B]``, no gradient) are each row's margin-penalised true-class logits. Every entry
+        must depend only on itself and its row's target logit: the loss applies this to blocks of classes.
+
+        Example:
+            >>> head = MarginHead(embedding_size=2, num_classes=3)
+            >>> head.non_target_logits(torch.tensor([[1.0, 2.0]]), torch.tensor([1.5]))
+            tensor([[1., 2.]])
+        """
+        return logits
+
+    def update_statistics(self, x: Tensor, labels: Tensor, inputs: Tensor) -> None:
+        """Update running buffers from a training batch (AdaFace's norm statistics, CurricularFace's ``t``).
+
+        Called without gradient once per training step, before any logit, on the whole (all-gathered) batch with
+        its :meth:`target_inputs`; it must depend on these arguments only. Nothing by default.
+
+        Example:
+            >>> head = MarginHead(embedding_size=2, num_classes=3)
+            >>> head.update_statistics(torch.ones(1, 2), torch.tensor([0]), torch.ones(1, 1)) is None
+            True
+        """
+
+    def regularizer(self, x: Tensor) -> Tensor | float:
+        """A term added to the mean cross-entropy (MagFace's norm regulariser); 0 by default.
+
+        Example:
+            >>> MarginHead(embedding_size=2, num_classes=3).regularizer(torch.ones(1, 2))
+            0.0
+        """
         return 0.0
 
-    def _weight(self, x: Tensor) -> Tensor:
-        return self.weight.to(x.dtype)
+    # ---- the one-device logits, from the pieces ---------------------------------------------------------------
+
+    def _logits(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """Logits from full-precision embeddings ``x``; margin on the true class when ``labels`` is given."""
+        logits = self.class_logits(self.logit_features(x), *self.class_parameters().values())
+        if labels is None:
+            return logits
+        inputs = self.target_inputs(x, self._true_class_rows(x, labels))
+        target = self.target_logits(inputs, x, labels)
+        threshold = target.detach()
+        logits = self.non_target_logits(logits, threshold)
+        # The entry the matrix holds at the true class, recomputed from the true class's rows.
+        plain = self.non_target_logits(self.plain_target_logits(inputs, x).unsqueeze(1), threshold).squeeze(1)
+        return replace_target_logits(logits, labels, target, plain)
+
+    def _true_class_rows(self, x: Tensor, labels: Tensor) -> list[Tensor]:
+        """Each class parameter's rows of every label (see :attr:`_sparse_target_rows` for their gradient)."""
+        rows = []
+        for parameter in self.class_parameters().values():
+            ids = row_ids(labels, parameter.shape[0] // self.num_classes)
+            selected = gather_rows(parameter, ids) if self._sparse_target_rows else parameter.index_select(0, ids)
+            rows.append(selected.to(x.dtype))
+        return rows
 
     # ---- helpers ----------------------------------------------------------------------------------------------
 
@@ -135,36 +320,84 @@ class MarginHead(nn.Module, ABC):
 
 
 class CosineMarginHead(MarginHead):
-    """Base of the heads whose logits are ``scale * cos(theta)`` with a margin on the true class's cosine.
+    """Base of the heads whose logits are ``s(x) cos(theta)`` with a margin on the true class's cosine.
 
-    Subclasses implement :meth:`_target` (the penalised true-class cosine) and may override :meth:`_scale`
-    (a per-sample scale such as SphereFace's ``||x||``) or :meth:`_cosine_logits` (sub-centres).
+    Subclasses implement :meth:`apply_margin` (the penalised true-class cosine) and may override
+    :meth:`logit_scale` (a per-sample scale such as SphereFace's ``||x||``), :meth:`non_target_logits` and
+    :meth:`update_statistics`; sub-centres come with ``rows_per_class > 1``. Such a head meets
+    :class:`MarginHead`'s contract as long as those use only their arguments, hyperparameters and buffers, so it
+    runs sharded, chunked and with Partial FC as it is.
+
+    Example:
+        >>> from lightning_margin.functional import cosface_margin
+        >>> class HalfCosFace(CosineMarginHead):  # with @register_head("half_cosface") it is built by name
+        ...     scale = 16.0
+        ...
+        ...     def apply_margin(self, cos, x, labels):
+        ...         return cosface_margin(cos, 0.5 * (1.0 - cos))  # a margin that shrinks as cos -> 1
+        >>> head = HalfCosFace(embedding_size=2, num_classes=2)
+        >>> with torch.no_grad():
+        ...     _ = head.weight.copy_(torch.eye(2))
+        >>> head.logits(torch.tensor([[1.0, 1.0]]), torch.tensor([0])).detach()  # cos = 0.7071 to both classes
+        tensor([[ 8.9706, 11.3137]])
     """
 
     scale: float
+    _sparse_target_rows = True  # normalized_linear's backward always returns a dense weight gradient
 
-    def _scale(self, x: Tensor) -> float | Tensor:
-        """The factor on every cosine: the fixed ``scale`` hyperparameter, or a ``[B]`` tensor such as ``||x||``."""
+    def logit_scale(self, x: Tensor) -> float | Tensor:
+        """The factor on every cosine: the fixed ``scale`` hyperparameter, or a ``[B]`` tensor such as ``||x||``.
+
+        Example:
+            >>> from lightning_margin.heads import CosFace
+            >>> CosFace(embedding_size=2, num_classes=3, scale=30.0).logit_scale(torch.ones(1, 2))
+            30.0
+        """
         return self.scale
 
-    def _cosine_logits(self, x: Tensor, scale: float | Tensor) -> Tensor:
-        return cosine_logits(x, self._weight(x), scale)
+    def apply_margin(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+        """The margin-penalised true-class cosine ``[B]`` from ``cos theta_y`` (clamped to [-1, 1]); the identity
+        for heads without a margin.
 
-    def _target_cosine(self, x: Tensor, labels: Tensor) -> Tensor:
-        return target_cosine(x, self._weight(x), labels)
-
-    def _target(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
-        """The margin-penalised true-class cosine, ``[B]``; identity for heads without a margin."""
+        Example:
+            >>> from lightning_margin.heads import CosFace
+            >>> head = CosFace(embedding_size=2, num_classes=3, margin=0.25)
+            >>> head.apply_margin(torch.tensor([0.5]), torch.ones(1, 2), torch.tensor([0]))
+            tensor([0.2500])
+        """
         return cos
 
-    def _logits(self, x: Tensor, labels: Tensor | None) -> Tensor:
-        scale = self._scale(x)
-        logits = self._cosine_logits(x, scale)
-        if labels is None:
-            return logits
-        cos = self._target_cosine(x, labels)
-        target = self._target(cos.clamp(-1.0, 1.0), x, labels)
-        return replace_target_logits(logits, labels, scale * target, scale * cos)
+    def logit_features(self, x: Tensor) -> Tensor:
+        return scaled_directions(x, self.logit_scale(x))
+
+    def class_logits(self, features: Tensor, weight: Tensor, *others: Tensor) -> Tensor:
+        # The output may be modified in place (the one-device path adds the margin with scatter_add_).
+        return self.reduce_subcenters(normalized_linear(features, weight.to(features.dtype)))
+
+    def target_inputs(self, x: Tensor, rows: Sequence[Tensor]) -> Tensor:
+        """``[B, 1]``: ``cos theta_y``, the maximum over the true class's sub-centres.
+
+        Example:
+            >>> from lightning_margin.heads import ArcFace
+            >>> head = ArcFace(embedding_size=2, num_classes=3)
+            >>> head.target_inputs(torch.tensor([[1.0, 1.0]]), [torch.tensor([[0.0, 5.0]])])
+            tensor([[0.7071]])
+        """
+        return self.reduce_subcenters(paired_cosines(x, rows[0].to(x.dtype)))
+
+    def target_logits(self, inputs: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+        """``s(x) * apply_margin(cos theta_y)``: the true-class logit from its cosine.
+
+        Example:
+            >>> from lightning_margin.heads import CosFace
+            >>> head = CosFace(embedding_size=2, num_classes=3, scale=10.0, margin=0.25)
+            >>> head.target_logits(torch.tensor([[0.5]]), torch.ones(1, 2), torch.tensor([0]))
+            tensor([2.5000])
+        """
+        return self.logit_scale(x) * self.apply_margin(inputs[:, 0].clamp(-1.0, 1.0), x, labels)
+
+    def plain_target_logits(self, inputs: Tensor, x: Tensor) -> Tensor:
+        return self.logit_scale(x) * inputs[:, 0]
 
     def _hyperparameter_names(self) -> list[str]:
         return ["scale"]

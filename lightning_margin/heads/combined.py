@@ -53,7 +53,7 @@ class CombinedMargin(CosineMarginHead):
         self.m2 = check_range("m2", m2, 0.0, math.pi, high_inclusive=False)
         self.m3 = check_non_negative("m3", m3)
 
-    def _target(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+    def apply_margin(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
         return combined_margin(cos, self.m1, self.m2, self.m3)
 
     def _hyperparameter_names(self) -> list[str]:

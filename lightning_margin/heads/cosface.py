@@ -35,7 +35,7 @@ class CosFace(CosineMarginHead):
         self.scale = check_positive("scale", scale)
         self.margin = check_non_negative("margin", margin)
 
-    def _target(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+    def apply_margin(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
         return cosface_margin(cos, self.margin)
 
     def _hyperparameter_names(self) -> list[str]:

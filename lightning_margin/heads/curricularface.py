@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from lightning_margin._validation import check_positive, check_range
-from lightning_margin.functional import arcface_margin, cosine_logits, curricular_negatives, target_cosine
+from lightning_margin.functional import arcface_margin, curricular_negatives
 from lightning_margin.heads.base import CosineMarginHead
 from lightning_margin.heads.registry import register_head
 
@@ -55,19 +55,17 @@ class CurricularFace(CosineMarginHead):
         self.momentum = check_range("momentum", momentum, 0.0, 1.0)
         self.register_buffer("t", torch.zeros(()))
 
-    def _update_statistics(self, x: Tensor, labels: Tensor) -> None:
-        cos = target_cosine(x, self._weight(x), labels).clamp(-1.0, 1.0)
+    def update_statistics(self, x: Tensor, labels: Tensor, inputs: Tensor) -> None:
+        cos = inputs[:, 0].clamp(-1.0, 1.0)
         self.t.mul_(1.0 - self.momentum).add_(self.momentum * cos.mean().to(self.t.dtype))
 
-    def _logits(self, x: Tensor, labels: Tensor | None) -> Tensor:
-        weight = self._weight(x)
-        cos = cosine_logits(x, weight)
-        if labels is None:
-            return self.scale * cos
-        target = arcface_margin(target_cosine(x, weight, labels).clamp(-1.0, 1.0), self.margin)
-        logits = curricular_negatives(cos, target, self.t.to(cos.dtype))
-        # The curriculum already touched every entry, so a plain scatter costs no extra full pass.
-        return self.scale * logits.scatter(1, labels.unsqueeze(1), target.unsqueeze(1))
+    def apply_margin(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+        return arcface_margin(cos, self.margin)
+
+    def non_target_logits(self, logits: Tensor, target_logits: Tensor) -> Tensor:
+        # The curriculum compares and re-weights cosines: the logits are s * cos with a fixed positive s.
+        cos, target = logits / self.scale, target_logits / self.scale
+        return self.scale * curricular_negatives(cos, target, self.t.to(logits.dtype))
 
     def _hyperparameter_names(self) -> list[str]:
         return ["scale", "margin", "momentum"]

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor, nn
 
 from lightning_margin._validation import check_integer, check_non_negative
-from lightning_margin.functional import replace_target_logits, sphereface_psi
+from lightning_margin.functional import paired_cosines, sphereface_psi
 from lightning_margin.heads.base import MarginHead
 from lightning_margin.heads.registry import register_head
 
@@ -45,17 +46,20 @@ class LSoftmax(MarginHead):
     def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
-    def _logits(self, x: Tensor, labels: Tensor | None) -> Tensor:
-        weight = self._weight(x)
-        logits = F.linear(x, weight)
-        if labels is None:
-            return logits
-        rows = weight[labels]
-        dot = (x * rows).sum(dim=1)
-        norms = x.norm(dim=1) * rows.norm(dim=1)
-        cos = (F.normalize(x, dim=1) * F.normalize(rows, dim=1)).sum(dim=1).clamp(-1.0, 1.0)
-        target = norms * (self.lambda_ * cos + sphereface_psi(cos, int(self.margin))) / (1.0 + self.lambda_)
-        return replace_target_logits(logits, labels, target, dot)
+    def target_inputs(self, x: Tensor, rows: Sequence[Tensor]) -> Tensor:
+        """``[B, 3]``: ``cos theta_y``, ``||W_y||`` and the plain logit ``W_y x``, from the true class's row."""
+        weight = rows[0].to(x.dtype)
+        return torch.cat(
+            [paired_cosines(x, weight), weight.norm(dim=1, keepdim=True), super().target_inputs(x, rows)], 1
+        )
+
+    def target_logits(self, inputs: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+        cos, row_norms = inputs[:, 0].clamp(-1.0, 1.0), inputs[:, 1]
+        psi = sphereface_psi(cos, int(self.margin))
+        return x.norm(dim=1) * row_norms * (self.lambda_ * cos + psi) / (1.0 + self.lambda_)
+
+    def plain_target_logits(self, inputs: Tensor, x: Tensor) -> Tensor:
+        return inputs[:, 2]
 
     def _hyperparameter_names(self) -> list[str]:
         return ["margin", "lambda_"]

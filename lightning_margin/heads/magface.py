@@ -58,11 +58,11 @@ class MagFace(CosineMarginHead):
         self.upper_margin = check_non_negative("upper_margin", upper_margin)
         self.regularizer_weight = check_non_negative("regularizer_weight", regularizer_weight)
 
-    def _target(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+    def apply_margin(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
         margin = magface_margin(x.norm(dim=1), self.lower_norm, self.upper_norm, self.lower_margin, self.upper_margin)
         return arcface_margin(cos, margin)
 
-    def _regularizer(self, x: Tensor) -> Tensor:
+    def regularizer(self, x: Tensor) -> Tensor:
         return self.regularizer_weight * magface_regularizer(x.norm(dim=1), self.lower_norm, self.upper_norm).mean()
 
     def _hyperparameter_names(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -41,9 +42,21 @@ class Softmax(MarginHead):
         if getattr(self, "bias", None) is not None:
             nn.init.zeros_(self.bias)
 
+    def class_parameters(self) -> dict[str, Tensor]:
+        return {"weight": self.weight} if self.bias is None else {"weight": self.weight, "bias": self.bias}
+
+    def class_logits(self, features: Tensor, weight: Tensor, *others: Tensor) -> Tensor:
+        bias = others[0].to(features.dtype) if others else None
+        return F.linear(features, weight.to(features.dtype), bias)
+
+    def target_inputs(self, x: Tensor, rows: Sequence[Tensor]) -> Tensor:
+        logit = super().target_inputs(x, rows)
+        return logit + rows[1].to(x.dtype).unsqueeze(1) if len(rows) > 1 else logit
+
     def _logits(self, x: Tensor, labels: Tensor | None) -> Tensor:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self._weight(x), bias)
+        # No margin and no non-target transform: the true class keeps its class logit, so the pieces' result is
+        # the class logits themselves; skipping the no-op replacement keeps this head exactly nn.Linear's cost.
+        return self.class_logits(self.logit_features(x), *self.class_parameters().values())
 
     def _hyperparameter_names(self) -> list[str]:
         return ["has_bias"]
@@ -62,7 +75,7 @@ class ModifiedSoftmax(CosineMarginHead):
         torch.Size([4, 10])
     """
 
-    def _scale(self, x: Tensor) -> Tensor:
+    def logit_scale(self, x: Tensor) -> Tensor:
         return x.norm(dim=1)
 
     def _hyperparameter_names(self) -> list[str]:

@@ -39,10 +39,10 @@ class SphereFace(CosineMarginHead):
         self.margin = check_integer("margin", margin)
         self.lambda_ = check_non_negative("lambda_", lambda_)
 
-    def _scale(self, x: Tensor) -> Tensor:
+    def logit_scale(self, x: Tensor) -> Tensor:
         return x.norm(dim=1)
 
-    def _target(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
+    def apply_margin(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
         return (self.lambda_ * cos + sphereface_psi(cos, int(self.margin))) / (1.0 + self.lambda_)
 
     def _hyperparameter_names(self) -> list[str]:

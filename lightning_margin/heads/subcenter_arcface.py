@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor
-
 from lightning_margin._validation import check_integer
-from lightning_margin.functional import cosine_logits
 from lightning_margin.heads.arcface import ArcFace
 from lightning_margin.heads.base import CosineMarginHead
 from lightning_margin.heads.registry import register_head
@@ -50,15 +46,6 @@ class SubCenterArcFace(ArcFace):
         CosineMarginHead.__init__(self, embedding_size, num_classes, rows_per_class=num_subcenters)
         self._set_hyperparameters(scale, margin, easy_margin)
         self.num_subcenters = num_subcenters
-
-    def _cosine_logits(self, x: Tensor, scale: float | Tensor) -> Tensor:
-        logits = cosine_logits(x, self._weight(x), scale)  # [B, C*K]; a positive scale commutes with max
-        return logits.view(x.shape[0], self.num_classes, self.num_subcenters).max(dim=2).values
-
-    def _target_cosine(self, x: Tensor, labels: Tensor) -> Tensor:
-        centres = self._weight(x).view(self.num_classes, self.num_subcenters, -1)[labels]  # [B, K, D]
-        cos = (F.normalize(centres, dim=2) @ F.normalize(x, dim=1).unsqueeze(2)).squeeze(2)
-        return cos.max(dim=1).values
 
     def _hyperparameter_names(self) -> list[str]:
         return [*super()._hyperparameter_names(), "num_subcenters"]

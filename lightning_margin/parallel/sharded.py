@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from lightning_margin._validation import check_integer
 from lightning_margin.heads import MarginHead, create_head
-from lightning_margin.parallel.functional._heads import head_pieces
 from lightning_margin.parallel.functional.chunked import class_rows
 from lightning_margin.parallel.functional.distributed import (
     all_gather_rows,
@@ -22,9 +21,6 @@ from lightning_margin.parallel.functional.partial_fc import check_sample_rate
 from lightning_margin.parallel.functional.sharded import sharded_margin_cross_entropy
 
 __all__ = ["ShardedMarginHead", "ignore_sharded_parameters"]
-
-# Parameters whose rows are classes (``[num_classes * rows_per_class, ...]``); everything else is replicated.
-_ROW_PARAMETERS = ("weight", "bias")
 
 
 class ShardedMarginHead(nn.Module):
@@ -117,7 +113,6 @@ class ShardedMarginHead(nn.Module):
             self.rank, self.world_size, self.class_start, self.class_end = 0, 1, 0, head.num_classes
         else:
             raise ValueError(f"`head` must be a head name or a MarginHead instance, got {type(head).__name__}")
-        head_pieces(self.head)  # unsupported heads fail here, not at the first step
         # Global ids of the classes Partial FC used in the last training step (None: all).
         self.sampled_classes: Tensor | None = None
         self.register_state_dict_post_hook(_state_dict_post_hook)
@@ -166,7 +161,8 @@ class ShardedMarginHead(nn.Module):
         return self.class_end - self.class_start
 
     def _row_parameter_names(self) -> list[str]:
-        return [name for name in _ROW_PARAMETERS if isinstance(getattr(self.head, name, None), nn.Parameter)]
+        # The head names its class-major parameters (``[num_classes * rows_per_class, ...]``); the rest is replicated.
+        return list(self.head.class_parameters())
 
     def _rows_per_class(self, name: str, classes: int) -> int:
         return getattr(self.head, name).shape[0] // classes
@@ -374,11 +370,10 @@ def ignore_sharded_parameters(module: nn.Module) -> list[str]:
         []
     """
     names = [
-        f"{prefix}.{name}" if prefix else name
+        ".".join(filter(None, (prefix, "head", name)))
         for prefix, child in module.named_modules()
         if isinstance(child, ShardedMarginHead) and child.world_size > 1
-        for name, _ in child.named_parameters()
-        if name.startswith("head.") and name.split(".")[-1] in _ROW_PARAMETERS
+        for name in child._row_parameter_names()
     ]
     existing = list(getattr(module, "_ddp_params_and_buffers_to_ignore", []))
     merged = existing + [name for name in names if name not in existing]

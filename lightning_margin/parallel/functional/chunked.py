@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from lightning_margin.functional import row_ids
+
 __all__ = ["chunked_logsumexp", "class_rows", "row_ids"]
 
 BlockLogits = Callable[..., Tensor]
@@ -24,18 +26,6 @@ def class_rows(parameter: Tensor, classes: slice | Tensor, rows_per_class: int) 
     if isinstance(classes, slice):
         return parameter[classes.start * rows_per_class : classes.stop * rows_per_class]
     return parameter.index_select(0, row_ids(classes, rows_per_class))
-
-
-def row_ids(classes: Tensor, rows_per_class: int) -> Tensor:
-    """The row ids of ``classes`` in a class-major parameter with ``rows_per_class`` rows per class.
-
-    Example:
-        >>> row_ids(torch.tensor([2, 0]), rows_per_class=3)
-        tensor([6, 7, 8, 0, 1, 2])
-    """
-    if rows_per_class == 1:
-        return classes
-    return (classes.unsqueeze(1) * rows_per_class + torch.arange(rows_per_class, device=classes.device)).flatten()
 
 
 def _blocks(num_classes: int, chunk_size: int, index: Tensor | None):

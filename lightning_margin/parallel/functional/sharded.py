@@ -10,7 +10,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lightning_margin.heads import MarginHead
-from lightning_margin.parallel.functional._heads import head_pieces
 from lightning_margin.parallel.functional.chunked import chunked_logsumexp, class_rows
 from lightning_margin.parallel.functional.distributed import (
     ProcessGroup,
@@ -47,6 +46,17 @@ def _no_autocast(tensor: Tensor):
     return nullcontext()
 
 
+class _BlockLogits:
+    """The logits of a block of classes as the loss sees them: the head's plain class logits, then its non-target
+    transform against every row's (gradient-free) target logit."""
+
+    def __init__(self, head: MarginHead, target_logits: Tensor) -> None:
+        self.head, self.target_logits = head, target_logits
+
+    def __call__(self, features: Tensor, *rows: Tensor) -> Tensor:
+        return self.head.non_target_logits(self.head.class_logits(features, *rows), self.target_logits)
+
+
 def sharded_margin_cross_entropy(
     head: MarginHead,
     embeddings: Tensor,
@@ -69,6 +79,9 @@ def sharded_margin_cross_entropy(
     on the concatenated batch with the full weight matrix, and backward gives each rank the exact gradient of
     its shard and of its own embeddings. Without a process group (or with one rank) this is the head's loss
     computed in pieces, which is how Partial FC and the chunked loss run on one device.
+
+    Only the head's public pieces are used (:class:`~lightning_margin.heads.MarginHead` lists them and what a head
+    must guarantee), so any head, a user-registered one included, runs here unchanged.
 
     Args:
         head: The head whose ``weight`` (and ``bias``) holds the rows of classes
@@ -99,7 +112,6 @@ def sharded_margin_cross_entropy(
     sample_rate = check_sample_rate(sample_rate)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"`chunk_size` must be an integer >= 1 or None, got {chunk_size!r}")
-    pieces = head_pieces(head)
     local_classes = head.num_classes
     _, world_size = rank_and_world_size(process_group)
     sizes = check_inputs_on_every_rank(
@@ -116,7 +128,7 @@ def sharded_margin_cross_entropy(
         local_labels = labels - class_start
         owned = (local_labels >= 0) & (local_labels < local_classes)
         safe_labels = torch.where(owned, local_labels, torch.zeros_like(local_labels))
-        parameters = pieces.parameters()
+        parameters = list(head.class_parameters().values())
         rows_per_class = [p.shape[0] // local_classes for p in parameters]
 
         # Values first (no gradient): what the margin needs from the true class's rows (its cosine, ...) comes
@@ -124,13 +136,13 @@ def sharded_margin_cross_entropy(
         # every row's value before any logit is computed.
         with torch.no_grad():
             rows = [class_rows(p.detach(), safe_labels, k) for p, k in zip(parameters, rows_per_class, strict=True)]
-            values = pieces.target_inputs(x.detach(), rows)
+            values = head.target_inputs(x.detach(), rows)
             values = torch.where(owned.unsqueeze(1), values, torch.zeros_like(values))
             if world_size > 1:
                 dist.all_reduce(values, group=process_group)
             if head.training:
-                pieces.update_statistics(x.detach(), labels, values)
-            pieces.prepare(pieces.target_logits(values, x.detach(), labels))
+                head.update_statistics(x.detach(), labels, values)
+            target_values = head.target_logits(values, x.detach(), labels)
 
         index = None
         positions = torch.where(owned, local_labels, torch.full_like(local_labels, -1))
@@ -143,8 +155,8 @@ def sharded_margin_cross_entropy(
         # Log-sum-exp over this rank's (selected) classes without the true class, plus the true-class rows, in one
         # node: each parameter gets one gradient buffer.
         negatives, rows = chunked_logsumexp(
-            pieces.block_logits,
-            pieces.features(x),
+            _BlockLogits(head, target_values),
+            head.logit_features(x),
             parameters,
             num_classes=selected,
             chunk_size=chunk_size,
@@ -155,14 +167,14 @@ def sharded_margin_cross_entropy(
         )
         # The margin-penalised true-class logit: with gradient on the rank that holds the class, the all-reduced
         # value elsewhere (so that the gather's backward, a sum over ranks, counts its gradient once).
-        local_targets = pieces.target_logits(pieces.target_inputs(x, rows), x, labels)
-        target_logits = torch.where(owned, local_targets, pieces.target_logits(values, x, labels).detach())
+        local_targets = head.target_logits(head.target_inputs(x, rows), x, labels)
+        target_logits = torch.where(owned, local_targets, target_values)
         log_partition = torch.where(owned, torch.logaddexp(negatives, target_logits), negatives)
         if world_size > 1:
             log_partition = all_logsumexp(log_partition, process_group)
         loss = (log_partition - target_logits).mean()
 
-        regularizer = pieces.regularizer(x)
+        regularizer = head.regularizer(x)
         if isinstance(regularizer, Tensor) and world_size > 1:
             # Every rank adds the same term of the gathered embeddings, and the gather's backward sums over ranks:
             # keep the value, give each rank 1/world of the gradient.
