@@ -2,6 +2,7 @@
 
 # Importing backbones registers iresnet*/mobilefacenet in timm's model registry.
 from lightning_margin import backbones, callbacks, functional, parallel
+from lightning_margin._version import __version__
 from lightning_margin.embedder import FaceEmbedder
 from lightning_margin.heads import (
     AdaFace,
@@ -22,8 +23,6 @@ from lightning_margin.heads import (
     register_head,
 )
 from lightning_margin.module import MarginModule
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AdaFace",

@@ -27,7 +27,7 @@ SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
 
 # Commands that are not Lightning subcommands: name -> ("module:function", help). Imported only when used.
 TOOLS: dict[str, tuple[str, str]] = {
-    "data": ("lightning_margin.data.pack:main", "build RecordIO (.rec/.idx) and verification .bin files"),
+    "data": ("lightning_margin.data.cli:main", "data tools: `data pack` builds RecordIO (.rec/.idx) and .bin files"),
     "plot": ("lightning_margin.plots.cli:main", "draw the margin papers' figures"),
     "verify": ("lightning_margin.verify:main", "evaluate models on verification pairs; compare with model cards"),
     "export": ("lightning_margin.export:main", "export a checkpoint as a FaceEmbedder folder (safetensors, ONNX)"),

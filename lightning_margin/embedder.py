@@ -3,57 +3,37 @@
 A :class:`FaceEmbedder` is what the model zoo ships and what ``lightning-margin export`` produces: the weights in
 ``model.safetensors`` (loading never unpickles anything) and a ``config.json`` recording everything needed to use the
 model correctly: the backbone and its arguments, the embedding size, the preprocessing (input size, centre crop,
-channel order, normalisation) and the loss it was trained with. It is a ``huggingface_hub`` ``ModelHubMixin``, so
-``save_pretrained``, ``from_pretrained`` (a local folder or a Hub id) and ``push_to_hub`` work as for any Hub model.
+channel order, normalisation) and the loss it was trained with. It is a ``huggingface_hub`` ``ModelHubMixin``
+(:mod:`lightning_margin.embedder_hub`: the files and the Hub), so ``save_pretrained``, ``from_pretrained`` (a local
+folder or a Hub id) and ``push_to_hub`` work as for any Hub model; image inputs are read by
+:mod:`lightning_margin.images`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from huggingface_hub import ModelCard, ModelHubMixin, constants, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lightning_margin._validation import check_choice, check_integer
-from lightning_margin.data.sources import parse_source
+from lightning_margin.backbones.factory import FACE_BACKBONES, build_backbone, feature_width
+from lightning_margin.data.sources import source_crop
 from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, preprocess_face
-from lightning_margin.hub import download_verified
-from lightning_margin.module import FACE_BACKBONES, _feature_width, build_backbone
+from lightning_margin.embedder_hub import EmbedderHubMixin
+from lightning_margin.images import ImageInput, to_image_tensors
 from lightning_margin.necks import create_neck, list_necks
 from lightning_margin.tta import embed as tta_embed
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from lightning_margin.module import MarginModule
 
-__all__ = [
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-    "FaceEmbedder",
-    "ImageInput",
-    "preprocessing_from_data",
-]
-
-#: File names inside an exported folder / Hub repository.
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-# Files that hold pickles: never loaded, named in the error when they are all a folder offers.
-_PICKLE_WEIGHTS = ("pytorch_model.bin", "model.ckpt", "model.pt", "model.pth")
-
-#: What :meth:`FaceEmbedder.embed` accepts: one image or a batch, as PIL images or tensors.
-ImageInput = Any  # "Image.Image | Tensor | Sequence[Image.Image | Tensor]" (PIL is imported lazily)
+__all__ = ["FaceEmbedder", "preprocessing_from_data"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -76,8 +56,8 @@ def preprocessing_from_data(
 ) -> dict[str, Any]:
     """The embedder's preprocessing from a :class:`~lightning_margin.data.FaceDataModule`'s hyperparameters.
 
-    The training source decides the crop: ``lfw_crop_size`` for LFW, none for synthetic faces, ``crop_size``
-    otherwise. ``ValueError`` if the data module's ``image_size`` differs from the model's ``input_size``.
+    The training source decides the crop (:func:`~lightning_margin.data.sources.source_crop`). ``ValueError`` if
+    the data module's ``image_size`` differs from the model's ``input_size``.
     """
     image_size = data.get("image_size", model_hyperparameters.get("input_size"))
     if image_size != model_hyperparameters.get("input_size"):
@@ -85,10 +65,9 @@ def preprocessing_from_data(
             f"{origin}: the data module's image_size={image_size!r} differs from the model's "
             f"input_size={model_hyperparameters.get('input_size')!r}; the embedder needs one square input size"
         )
-    kind = parse_source(str(data.get("train", "synthetic")), "training").kind
     lfw_crop = data.get("lfw_crop_size", LFW_CROP_SIZE)
     return {
-        "crop_size": lfw_crop if kind == "lfw" else None if kind == "synthetic" else data.get("crop_size"),
+        "crop_size": source_crop(str(data.get("train", "synthetic")), data.get("crop_size"), lfw_crop),
         "lfw_crop_size": lfw_crop,
         "mean": data.get("mean", (0.5, 0.5, 0.5)),
         "std": data.get("std", (0.5, 0.5, 0.5)),
@@ -97,7 +76,7 @@ def preprocessing_from_data(
 
 class FaceEmbedder(
     nn.Module,
-    ModelHubMixin,
+    EmbedderHubMixin,
     library_name="lightning-margin",
     license="apache-2.0",
     pipeline_tag="image-feature-extraction",
@@ -181,7 +160,7 @@ class FaceEmbedder(
             # Same rule as MarginModule: their pooling layers are sized for the input. Recorded explicitly.
             backbone_kwargs.setdefault("img_size", self.input_size)
         self.backbone = build_backbone(backbone, pretrained=False, **backbone_kwargs)
-        in_features = _feature_width(self.backbone, self.input_size, backbone_kwargs.get("in_chans", 3))
+        in_features = feature_width(self.backbone, self.input_size, backbone_kwargs.get("in_chans", 3))
         # Dropout is a training-time layer: at inference every neck behaves the same with dropout 0.
         self.neck = create_neck(neck, in_features, self.embedding_size, 0.0)
 
@@ -229,7 +208,7 @@ class FaceEmbedder(
         device = self._device()
         out = [
             preprocess_face(image.to(device), self.input_size, crop, self.mean, self.std)
-            for image in _as_image_list(images)
+            for image in to_image_tensors(images)
         ]
         return torch.stack(out)
 
@@ -279,11 +258,10 @@ class FaceEmbedder(
     def eval_transform(self, source: str) -> FaceTransform:
         """The preprocessing of a verification source (``"lfw:dev_test"``, ``"bin:x.bin"``, ``"synthetic"``).
 
-        Mirrors :class:`~lightning_margin.data.FaceDataModule`: LFW images get ``lfw_crop_size``, synthetic faces no
-        crop, other sources ``crop_size``; then resize and the recorded normalisation, no random flip.
+        The crop is the data module's (:func:`~lightning_margin.data.sources.source_crop` with the recorded
+        ``crop_size`` and ``lfw_crop_size``); then resize and the recorded normalisation, no random flip.
         """
-        kind = parse_source(source, "verification").kind
-        crop = self.lfw_crop_size if kind == "lfw" else None if kind == "synthetic" else self.crop_size
+        crop = source_crop(source, self.crop_size, self.lfw_crop_size, "verification")
         return FaceTransform(self.input_size, crop, self.mean, self.std, flip_probability=0.0)
 
     def _device(self) -> torch.device:
@@ -406,186 +384,3 @@ class FaceEmbedder(
         weights = {key: value for key, value in state_dict.items() if key.startswith(("backbone.", "neck."))}
         embedder.load_state_dict(weights, strict=True)
         return embedder.eval()
-
-    # ---- huggingface_hub integration ------------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | Path,
-        *,
-        force_download: bool = False,
-        token: str | bool | None = None,
-        cache_dir: str | Path | None = None,
-        local_files_only: bool = False,
-        revision: str | None = None,
-        **model_kwargs: Any,
-    ) -> FaceEmbedder:
-        """Load an embedder from an exported folder or a Hub repository, checking what is downloaded.
-
-        ``huggingface_hub``'s ``ModelHubMixin.from_pretrained`` with one addition: for a Hub id, ``revision`` is
-        resolved to a commit and ``config.json`` and ``model.safetensors`` are fetched with
-        :func:`download_verified` before anything is read, so a file that does not hash to what the Hub lists
-        raises :class:`CorruptDownloadError` (and leaves the cache) instead of being loaded. With
-        ``local_files_only`` or ``HF_HUB_OFFLINE`` the cached files are used as they are (no request is made; files
-        this method downloaded were checked then).
-
-        Example:
-            >>> embedder = FaceEmbedder.from_pretrained("ORG/arcface-r50")  # doctest: +SKIP
-        """
-        model_id = str(pretrained_model_name_or_path)
-        if not os.path.isdir(model_id) and not local_files_only and not constants.HF_HUB_OFFLINE:
-            files = download_verified(
-                model_id,
-                [CONFIG_NAME, WEIGHTS_NAME],
-                revision=revision,
-                cache_dir=cache_dir,
-                token=token,
-                force_download=force_download,
-            )
-            # The mixin now finds both files in the cache at that commit, without a request or a second download.
-            revision, force_download = files.commit, False
-        return super().from_pretrained(
-            pretrained_model_name_or_path,
-            force_download=force_download,
-            token=token,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            revision=revision,
-            **model_kwargs,
-        )
-
-    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> str | None:
-        """Write ``model.safetensors``, ``config.json`` and a card to ``save_directory`` (``ModelHubMixin`` API).
-
-        The mixin deletes an existing ``config.json`` before writing, so a crash half way would lose a good export.
-        Here everything is written into a hidden sibling folder first and then moved into place file by file
-        (``os.replace``, atomic; ``config.json`` last): a kill at any moment leaves the previous export or the new
-        one, never a half-written file. Other files in the folder are kept, and an existing ``README.md`` is kept
-        (as the mixin does). Keyword arguments go to ``ModelHubMixin.save_pretrained`` (``push_to_hub``, ...).
-        """
-        target = Path(save_directory)
-        target.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
-        if kwargs.get("push_to_hub") and kwargs.get("repo_id") is None:
-            kwargs["repo_id"] = target.name  # the mixin's default, which would otherwise be the staging folder's name
-        try:
-            result = super().save_pretrained(staging, **kwargs)
-            for path in sorted(staging.iterdir(), key=lambda path: path.name == CONFIG_NAME):
-                if path.name == "README.md" and (target / path.name).exists():
-                    continue
-                os.replace(path, target / path.name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return result
-
-    def _save_pretrained(self, save_directory: Path) -> None:
-        """Write ``model.safetensors`` and ``config.json`` (the mixin then adds a README.md card if none exists)."""
-        from lightning_margin import __version__
-
-        tensors = {key: value.detach().cpu().contiguous() for key, value in self.state_dict().items()}
-        config = {"architecture": type(self).__name__, "library_name": "lightning-margin", **self.config}
-        config["library_version"] = __version__
-        # A fresh staging folder (see save_pretrained): a kill mid-write never touches the export.
-        save_file(tensors, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt"})
-        (save_directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def _from_pretrained(
-        cls,
-        *,
-        model_id: str,
-        revision: str | None,
-        cache_dir: str | Path | None,
-        force_download: bool,
-        local_files_only: bool,
-        token: str | bool | None,
-        config: dict[str, Any] | None = None,
-        map_location: str | torch.device = "cpu",
-        **model_kwargs: Any,
-    ) -> FaceEmbedder:
-        # The mixin has read config.json and turned its keys into model_kwargs; `config` is the whole file.
-        if config is None:
-            raise FileNotFoundError(f"{model_id}: no {CONFIG_NAME}; is this a lightning-margin FaceEmbedder?")
-        architecture = config.get("architecture", cls.__name__)
-        if architecture != cls.__name__:
-            raise ValueError(f"{model_id}: {CONFIG_NAME} describes a {architecture!r}, not a {cls.__name__}")
-        if os.path.isdir(model_id):
-            weights = Path(model_id) / WEIGHTS_NAME
-            if not weights.is_file():
-                weights = None
-        else:
-            try:
-                weights = Path(
-                    hf_hub_download(
-                        repo_id=model_id,
-                        filename=WEIGHTS_NAME,
-                        revision=revision,
-                        cache_dir=cache_dir,
-                        force_download=force_download,
-                        token=token,
-                        local_files_only=local_files_only,
-                    )
-                )
-            except EntryNotFoundError:
-                weights = None
-        if weights is None:
-            # Deliberately no fallback to pytorch_model.bin or checkpoints: unpickling runs arbitrary code.
-            raise FileNotFoundError(
-                f"{model_id}: no {WEIGHTS_NAME}. FaceEmbedder loads safetensors weights only and never unpickles "
-                f"({', '.join(_PICKLE_WEIGHTS)} are ignored); convert a Lightning checkpoint with "
-                "`lightning-margin export CHECKPOINT FOLDER`"
-            )
-        embedder = cls(**model_kwargs)
-        state_dict = load_file(str(weights), device=str(map_location))
-        embedder.load_state_dict(state_dict, strict=True)
-        return embedder.eval()
-
-    def generate_model_card(self, *args: Any, **kwargs: Any) -> ModelCard:
-        """The Hub model card for this embedder, without evaluation results (``publish`` adds them)."""
-        from lightning_margin.model_card import build_model_card
-
-        return build_model_card(self.config, **kwargs)
-
-
-def _as_image_list(images: ImageInput) -> list[Tensor]:
-    """Split a PIL image, a ``[3, H, W]`` or ``[B, 3, H, W]`` tensor, or a list of them into RGB images ``[3, H, W]``.
-
-    ``uint8`` tensors stay ``uint8``; float tensors in ``[0, 1]`` are scaled to 0..255 (still float) so that one
-    normalisation serves both.
-    """
-    if isinstance(images, (list, tuple)):
-        out: list[Tensor] = []
-        for image in images:
-            out.extend(_as_image_list(image))
-        if not out:
-            raise ValueError("`images` is empty")
-        return out
-    if isinstance(images, Tensor):
-        if images.ndim == 3:
-            images = images.unsqueeze(0)
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"image tensors must be RGB [3, H, W] or [B, 3, H, W], got shape {tuple(images.shape)}")
-        if images.is_floating_point():
-            low, high = images.min().item(), images.max().item()
-            if low < 0 or high > 1:
-                raise ValueError(
-                    f"float images must hold values in [0, 1] (got {low:.3g}..{high:.3g}); for tensors that are "
-                    "already normalised model input use embed(..., preprocessed=True)"
-                )
-            images = images * 255.0
-        elif images.dtype != torch.uint8:
-            raise ValueError(f"image tensors must be uint8 (0..255) or float ([0, 1]), got {images.dtype}")
-        return list(images.unbind(0))
-    return [_pil_to_tensor(images)]
-
-
-def _pil_to_tensor(image: Image.Image) -> Tensor:
-    from PIL import Image
-
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"`images` must be PIL images or tensors, got {type(image).__name__}")
-    import numpy as np
-
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)

@@ -8,17 +8,23 @@ import numbers
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lightning_margin._atomic import atomic_path
-from lightning_margin.metrics.functional import cosine_scores, roc_curve, verification_metrics
+from lightning_margin.data.sources import build_verification_set, resolve_data_root
+from lightning_margin.metrics.functional import DEFAULT_FAR, roc_curve, verification_metrics
+from lightning_margin.metrics.verification import VerificationMetrics
 from lightning_margin.tta import embed
 
-__all__ = ["evaluate_pairs", "format_table", "write_metrics_json"]
+if TYPE_CHECKING:
+    from lightning_margin.embedder import FaceEmbedder
+
+__all__ = ["evaluate_embedder", "evaluate_pairs", "format_table", "write_metrics_json"]
 
 
 def _model_device(model: Callable[[Tensor], Tensor]) -> torch.device:
@@ -32,7 +38,7 @@ def evaluate_pairs(
     model: Callable[[Tensor], Tensor],
     dataloader: Iterable[Sequence[Any]],
     flip: bool = True,
-    far: float | Sequence[float] = (1e-3,),
+    far: float | Sequence[float] = DEFAULT_FAR,
     device: torch.device | str | None = None,
     progress: bool = True,
     num_folds: int = 10,
@@ -74,8 +80,8 @@ def evaluate_pairs(
         if isinstance(model, nn.Module):
             model.to(device)
     was_training = model.training if isinstance(model, nn.Module) else None
-    scores: list[Tensor] = []
-    issame: list[Tensor] = []
+    # The metric accumulates the pairs (cosine scores, labels, in the loader's order) exactly as training's does.
+    pairs = VerificationMetrics(num_folds=num_folds, far=far).to(device)
     try:
         if isinstance(model, nn.Module):
             model.eval()
@@ -90,21 +96,50 @@ def evaluate_pairs(
                     embeddings1, embeddings2 = embeddings[: len(images1)], embeddings[len(images1) :]
                 else:
                     embeddings1, embeddings2 = embed(model, images1, flip=flip), embed(model, images2, flip=flip)
-                scores.append(cosine_scores(embeddings1, embeddings2).float().cpu())
-                issame.append(torch.as_tensor(same).reshape(-1).cpu())
+                pairs.update(embeddings1.float(), embeddings2.float(), torch.as_tensor(same, device=device))
     finally:
         if isinstance(model, nn.Module) and was_training is not None:
             model.train(was_training)
-    if not scores:
+    if not pairs.scores:
         raise ValueError("the dataloader yielded no pairs")
+    all_scores, all_issame = pairs.pairs()
     # float64 from here: the metrics then print as 0.532 rather than 0.5320000052452087 (the cosines keep their order).
-    all_scores, all_issame = torch.cat(scores).double(), torch.cat(issame)
-    metrics = verification_metrics(all_scores, all_issame, num_folds=num_folds, far=far)
+    all_scores, all_issame = all_scores.cpu().double(), all_issame.cpu()
+    metrics = verification_metrics(all_scores, all_issame, num_folds=pairs.num_folds, far=pairs.far)
     fpr, tpr, thresholds = roc_curve(all_scores, all_issame)
     results: dict[str, Any] = {key: value.item() for key, value in metrics.items()}
     results["num_pairs"] = all_scores.numel()
     results["roc"] = {"fpr": fpr, "tpr": tpr, "thresholds": thresholds}
     return results
+
+
+def evaluate_embedder(
+    embedder: FaceEmbedder,
+    source: str,
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    flip: bool = True,
+    far: float | Sequence[float] = DEFAULT_FAR,
+    num_folds: int = 10,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Verification metrics of an embedder on one pair set, with the embedder's recorded preprocessing.
+
+    The set is built from its source string (:func:`~lightning_margin.data.sources.build_verification_set`) with
+    :meth:`FaceEmbedder.eval_transform`, loaded in order and scored by
+    :func:`evaluate_pairs`.
+
+    Returns:
+        What :func:`evaluate_pairs` returns (metrics, ``num_pairs`` and ``roc``).
+    """
+    dataset = build_verification_set(
+        source, resolve_data_root(data_root), embedder.eval_transform(source), image_size=embedder.input_size
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return evaluate_pairs(embedder, loader, flip=flip, far=far, device=device, progress=progress, num_folds=num_folds)
 
 
 def _scalar(value: Any) -> float | int | None:

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_margin._atomic import atomic_path
-from lightning_margin.embedder import CONFIG_NAME, FaceEmbedder
+from lightning_margin.artifacts import load_embedder
+from lightning_margin.embedder import FaceEmbedder
 
-__all__ = ["ONNX_NAME", "export", "export_onnx", "load_any", "main"]
+__all__ = ["ONNX_NAME", "export", "export_onnx", "main", "record_config_file", "save_export"]
 
 #: File name of the ONNX model inside an exported folder.
 ONNX_NAME = "model.onnx"
@@ -77,16 +78,27 @@ def export_onnx(embedder: FaceEmbedder, path: str | os.PathLike[str], opset_vers
     return path
 
 
-def load_any(source: str | os.PathLike[str]) -> FaceEmbedder:
-    """A FaceEmbedder from a Lightning checkpoint file or an exported folder (see :func:`export`)."""
-    path = Path(source)
-    if path.is_file():
-        return FaceEmbedder.from_checkpoint(path)
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; not an exported FaceEmbedder folder")
-        return FaceEmbedder.from_pretrained(path)
-    raise FileNotFoundError(f"{path}: no such checkpoint file or exported folder")
+def record_config_file(embedder: FaceEmbedder, config_file: str | os.PathLike[str]) -> None:
+    """Record a training config file's text in the embedder's config (``training.config_file``), shown in its card."""
+    training = embedder.config.get("training") or {}
+    training["config_file"] = Path(config_file).read_text(encoding="utf-8")
+    embedder.config["training"] = training
+
+
+def save_export(embedder: FaceEmbedder, folder: str | os.PathLike[str], *, onnx: bool = False) -> Path:
+    """Write an embedder's export files to ``folder``: ``save_pretrained``'s files and, with ``onnx``, ``model.onnx``.
+
+    Example:
+        >>> import tempfile
+        >>> embedder = FaceEmbedder("test_resnet", embedding_size=8, neck="linear", input_size=32)
+        >>> sorted(path.name for path in save_export(embedder, f"{tempfile.mkdtemp()}/out").iterdir())
+        ['README.md', 'config.json', 'model.safetensors']
+    """
+    folder = Path(folder)
+    embedder.save_pretrained(folder)
+    if onnx:
+        export_onnx(embedder, folder / ONNX_NAME)
+    return folder
 
 
 def export(
@@ -100,7 +112,7 @@ def export(
 
     Args:
         source: A Lightning checkpoint of :class:`~lightning_margin.MarginModule` (opened with
-            ``weights_only=True``) or an exported folder.
+            ``weights_only=True``), an exported folder or a Hub id (:func:`~lightning_margin.artifacts.load_embedder`).
         output_dir: Receives ``model.safetensors``, ``config.json``, ``README.md`` (kept if it exists) and, with
             ``onnx``, ``model.onnx``.
         onnx: Also export ONNX (:func:`export_onnx`).
@@ -110,15 +122,10 @@ def export(
     Returns:
         The embedder that was written.
     """
-    embedder = load_any(source)
+    embedder = load_embedder(source)
     if config_file is not None:
-        training = embedder.config.get("training") or {}
-        training["config_file"] = Path(config_file).read_text(encoding="utf-8")
-        embedder.config["training"] = training
-    output = Path(output_dir)
-    embedder.save_pretrained(output)
-    if onnx:
-        export_onnx(embedder, output / ONNX_NAME)
+        record_config_file(embedder, config_file)
+    save_export(embedder, output_dir, onnx=onnx)
     return embedder
 
 

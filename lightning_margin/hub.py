@@ -2,20 +2,23 @@
 
 ``huggingface_hub``'s ``hf_hub_download`` checks the number of bytes it receives, not their hash; this module adds
 the hash check (through ``HfApi.verify_repo_checksums``) and removes a bad file from the cache so nothing loads it.
-:meth:`~lightning_margin.FaceEmbedder.from_pretrained` and ``lightning-margin verify`` download through it.
+:meth:`~lightning_margin.FaceEmbedder.from_pretrained` and :func:`~lightning_margin.artifacts.load_embedder` download
+through it. :func:`push_folder` is the way up: an upload whose failure says what reached the Hub.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from huggingface_hub import HfApi, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
-__all__ = ["CorruptDownloadError", "VerifiedFiles", "download_verified"]
+__all__ = ["CorruptDownloadError", "UploadError", "VerifiedFiles", "download_verified", "push_folder"]
 
 
 class CorruptDownloadError(OSError):
@@ -124,3 +127,136 @@ def _remove_from_cache(pointer: Path) -> None:
     pointer.unlink(missing_ok=True)
     if blob != pointer:
         blob.unlink(missing_ok=True)
+
+
+class UploadError(RuntimeError):
+    """The upload of a folder to the Hub failed; the message says what reached the Hub and how to finish.
+
+    Attributes:
+        repo_id: The repository.
+        folder: The export, complete and unchanged (a temporary one is kept).
+        uploaded: Files of the export that the Hub's ``main`` holds with the same content (``None``: unknown, the
+            Hub could not be asked).
+        not_uploaded: Files of the export that ``main`` does not hold, or holds with other content (``None``:
+            unknown).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        repo_id: str,
+        folder: Path,
+        uploaded: list[str] | None,
+        not_uploaded: list[str] | None,
+    ) -> None:
+        super().__init__(message)
+        self.repo_id, self.folder, self.uploaded, self.not_uploaded = repo_id, folder, uploaded, not_uploaded
+
+
+def push_folder(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    commit_message: str,
+    private: bool | None = None,
+    endpoint: str | None = None,
+    token: str | bool | None = None,
+    temporary: bool = False,
+) -> str:
+    """Upload a written folder to the Hub model repository ``repo_id`` (created if missing); the commit URL.
+
+    ``create_repo(exist_ok=True)`` then ``upload_folder``, so running it again after a failure finishes the job
+    (``huggingface_hub`` skips the files the Hub already holds). The folder is never changed.
+
+    Args:
+        folder: The folder to upload.
+        repo_id: ``ORG/NAME``.
+        private: Create the repository private (``None``: the Hub's default).
+        commit_message: The Hub commit message.
+        endpoint: The Hub (default ``HF_ENDPOINT``).
+        token: The Hub token (default ``HF_TOKEN`` or the ``hf auth login`` one).
+        temporary: The folder is a temporary one (the error then says it is kept).
+
+    Raises:
+        UploadError: naming the cause (down to the Hub's answer) and which files the Hub's ``main`` holds with this
+            content and which it does not.
+    """
+    folder = Path(folder)
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            repo_id=repo_id, folder_path=folder, repo_type="model", commit_message=commit_message
+        )
+    except Exception as error:
+        raise _upload_error(api, repo_id, folder, error, temporary) from error
+    return str(commit)
+
+
+def _describe(error: BaseException) -> str:
+    """One line: the error and what caused it, down to the Hub's answer (huggingface_hub wraps HTTP errors)."""
+    parts: list[str] = []
+    for current in _error_chain(error):
+        if isinstance(current, HfHubHTTPError):
+            request = current.response.request
+            answer = current.server_message or current.response.reason_phrase
+            parts.append(f"HTTP {current.response.status_code} from {request.method} {request.url}: {answer}")
+            break  # what follows is the transport's view of the same answer
+        text = f"{type(current).__name__}: {current}"
+        if not parts or str(current) not in parts[-1]:
+            parts.append(text)
+    return " <- ".join(" ".join(part.split()) for part in parts)
+
+
+def _error_chain(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _is_network_failure(error: BaseException) -> bool:
+    """Whether the upload failed without an answer from the Hub (refused, reset, timed out, unknown host)."""
+    chain = _error_chain(error)
+    if any(isinstance(current, HfHubHTTPError) for current in chain):
+        return False
+    return any(isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)) for current in chain)
+
+
+def _upload_error(api: Any, repo_id: str, folder: Path, error: Exception, temporary: bool) -> UploadError:
+    """The :class:`UploadError` for a failed upload, from what the Hub's ``main`` holds now."""
+    local = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    uploaded: list[str] | None = None
+    not_uploaded: list[str] | None = None
+    if _is_network_failure(error):
+        # Asking now would only wait through huggingface_hub's retries (about 25 s) for the same failure.
+        state = "The Hub did not answer, so which files arrived is not known."
+    else:
+        try:
+            # huggingface_hub's comparison of a local folder with the Hub's tree (sha256 for LFS/Xet files, git sha1
+            # for regular files): what we report is what the Hub holds, not what the client believes it sent.
+            verification = api.verify_repo_checksums(repo_id, local_dir=folder)
+        except RepositoryNotFoundError:
+            uploaded, not_uploaded = [], local
+            state = f"{repo_id} does not exist on the Hub: none of the files was uploaded."
+        except Exception as query_error:
+            state = f"Could not ask the Hub which files arrived: {_describe(query_error)}."
+        else:
+            different = {mismatch["path"] for mismatch in verification.mismatches} | set(verification.extra_paths)
+            uploaded = [path for path in local if path not in different]
+            not_uploaded = [path for path in local if path in different]
+            state = (
+                f"On the Hub ({repo_id}, {verification.revision}): uploaded "
+                f"{', '.join(uploaded) or 'none of the files'}; not uploaded: {', '.join(not_uploaded) or 'none'}."
+            )
+    message = (
+        f"Uploading {folder} to {repo_id} failed: {_describe(error)}\n{state}\n"
+        f"The export is complete and {'kept' if temporary else 'left'} unchanged in {folder}. Run the same command "
+        "again to finish: the files the Hub holds are skipped. (A Hub commit adds all its files or none; large files "
+        "sent to the Hub's storage before a commit failed are not in the repository, and the next upload does not "
+        "send them again.)"
+    )
+    return UploadError(message, repo_id=repo_id, folder=folder, uploaded=uploaded, not_uploaded=not_uploaded)

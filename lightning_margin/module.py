@@ -2,67 +2,27 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import timm
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-import lightning_margin.backbones  # noqa: F401  (registers iresnet*/mobilefacenet in timm)
 from lightning_margin._validation import check_choice, check_integer
+from lightning_margin.backbones.factory import FACE_BACKBONES, build_backbone, feature_width
 from lightning_margin.heads import MarginHead, create_head
+from lightning_margin.metrics.functional import DEFAULT_FAR
 from lightning_margin.necks import create_neck, list_necks
 
-__all__ = ["MarginModule", "build_backbone", "default_optimizer"]
-
-
-# The backbones this package registers in timm (they take `img_size`).
-FACE_BACKBONES = frozenset(timm.list_models(module=["iresnet", "mobilefacenet"]))
+__all__ = ["MarginModule", "default_optimizer"]
 
 
 def default_optimizer(params: Iterable[Any]) -> torch.optim.Optimizer:
     """SGD with momentum 0.9, lr 0.1 and weight decay 5e-4: the insightface recipe for ResNet-class backbones."""
     return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
-
-
-def build_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """A timm model (``num_classes=0``: features, no classifier); our face backbones are in timm's registry.
-
-    Unknown names raise ``ValueError`` with the closest timm names.
-    """
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"unknown backbone {name!r}: not a timm model name{hint} (face backbones: "
-            f"{', '.join(timm.list_models('iresnet*') + timm.list_models('mobilefacenet*'))}; "
-            "all names: timm.list_models())"
-        )
-    return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
-
-
-def _feature_width(backbone: nn.Module, input_size: int, in_chans: int = 3) -> int:
-    """Width of the backbone's flat output for ``input_size`` images, measured with one dummy forward."""
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            param = next(backbone.parameters(), None)
-            device = param.device if param is not None else torch.device("cpu")
-            out = backbone(torch.zeros(2, in_chans, input_size, input_size, device=device))
-    finally:
-        backbone.train(was_training)
-    if out.ndim != 2:
-        raise ValueError(
-            f"the backbone must map images to flat features [batch, features], but for {input_size}x{input_size} "
-            f"input it returns shape {tuple(out.shape)}; create timm models with num_classes=0 and a global_pool"
-        )
-    return out.shape[1]
 
 
 class MarginModule(pl.LightningModule):
@@ -126,7 +86,7 @@ class MarginModule(pl.LightningModule):
         scheduler_interval: Literal["epoch", "step"] = "epoch",
         head_weight_decay: float | None = None,
         flip_test: bool = True,
-        far: Sequence[float] = (1e-3,),
+        far: Sequence[float] = DEFAULT_FAR,
         sharded: bool = False,
         sample_rate: float = 1.0,
         chunk_size: int | None = None,
@@ -149,7 +109,7 @@ class MarginModule(pl.LightningModule):
             self.backbone = build_backbone(backbone, pretrained=pretrained, **backbone_kwargs)
         else:
             self.backbone = backbone
-        in_features = _feature_width(self.backbone, self.input_size, backbone_kwargs.get("in_chans", 3))
+        in_features = feature_width(self.backbone, self.input_size, backbone_kwargs.get("in_chans", 3))
         self.neck = create_neck(neck, in_features, embedding_size, dropout)
 
         if isinstance(head, str):

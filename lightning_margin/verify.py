@@ -16,24 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
-
-from lightning_margin.embedder import CONFIG_NAME, WEIGHTS_NAME, FaceEmbedder
-from lightning_margin.hub import CorruptDownloadError, download_verified
-from lightning_margin.model_card import (
-    DEFAULT_TOLERANCE,
-    CardSet,
-    MetricMismatch,
-    compare_metrics,
-    load_model_card,
-    parse_model_card,
-)
+from lightning_margin.artifacts import fetch_artifact, load_card_results, load_embedder
+from lightning_margin.data.sources import verification_set_name
+from lightning_margin.embedder import FaceEmbedder
+from lightning_margin.evaluation import evaluate_embedder, format_table, write_metrics_json
+from lightning_margin.hub import CorruptDownloadError
+from lightning_margin.metrics.functional import DEFAULT_FAR
+from lightning_margin.model_card import DEFAULT_TOLERANCE, CardSet, MetricMismatch, compare_metrics
 
 __all__ = [
     "LoadedModel",
     "VerifyReport",
-    "evaluate_embedder",
-    "load_embedder",
+    "load_model",
     "main",
     "parse_pairs",
     "verify_models",
@@ -71,12 +65,12 @@ class LoadedModel:
     card_sets: dict[str, CardSet] | None
 
 
-def load_embedder(spec: str | os.PathLike[str], revision: str | None = None) -> LoadedModel:
-    """Load a FaceEmbedder from a Lightning checkpoint, an exported folder or a Hub id, with its card's results.
+def load_model(source: str | os.PathLike[str], revision: str | None = None) -> LoadedModel:
+    """Load a model to verify: its embedder and its card's results, from one fetch (one Hub commit).
 
     Args:
-        spec: A ``.ckpt`` file (opened with ``weights_only=True``), a folder written by ``save_pretrained`` /
-            ``lightning-margin export``, or a Hub repository id ``ORG/NAME``.
+        source: A ``.ckpt`` file, an exported folder or a Hub id ``ORG/NAME``
+            (:func:`~lightning_margin.artifacts.fetch_artifact`).
         revision: Hub revision (branch, tag or commit) for Hub ids.
 
     Returns:
@@ -86,31 +80,8 @@ def load_embedder(spec: str | os.PathLike[str], revision: str | None = None) -> 
         CorruptDownloadError: for a Hub id, if the weights, config or card downloaded do not hash to what the Hub
             lists for them at the commit (see :func:`~lightning_margin.hub.download_verified`).
     """
-    name = str(spec)
-    path = Path(spec)
-    if path.is_file():
-        if path.suffix not in (".ckpt", ".pt", ".pth"):
-            raise ValueError(f"{path}: a model file must be a Lightning checkpoint (.ckpt); or give a folder or Hub id")
-        return LoadedModel(name, FaceEmbedder.from_checkpoint(path), None)
-    if path.is_dir():
-        embedder = FaceEmbedder.from_pretrained(path)
-        card_path = path / "README.md"
-        return LoadedModel(name, embedder, _card_sets(card_path) if card_path.is_file() else None)
-    if name.count("/") != 1 or name.startswith((".", "/")) or name.endswith(".ckpt"):
-        raise FileNotFoundError(f"{name}: no such checkpoint or folder, and not a Hub id of the form ORG/NAME")
-    # One resolution and one hash check for the weights, the config and the card, all from the same commit; the
-    # embedder then loads from that verified snapshot folder (a local folder: no second round of requests).
-    files = download_verified(name, [CONFIG_NAME, WEIGHTS_NAME, "README.md"], revision=revision)
-    missing = [filename for filename in (CONFIG_NAME, WEIGHTS_NAME) if filename not in files.paths]
-    if missing:
-        raise FileNotFoundError(f"{name}@{files.commit}: the repository has no {' or '.join(missing)}")
-    embedder = FaceEmbedder.from_pretrained(files.paths[CONFIG_NAME].parent)
-    card_path = files.paths.get("README.md")
-    return LoadedModel(name, embedder, _card_sets(card_path) if card_path is not None else None)
-
-
-def _card_sets(path: Path) -> dict[str, CardSet] | None:
-    return parse_model_card(load_model_card(path)) or None
+    path = fetch_artifact(source, revision)
+    return LoadedModel(str(source), load_embedder(path), load_card_results(path))
 
 
 def parse_pairs(specs: Sequence[str]) -> dict[str, str]:
@@ -123,57 +94,17 @@ def parse_pairs(specs: Sequence[str]) -> dict[str, str]:
         >>> parse_pairs(["lfw:dev_test", "mine=bin:/data/cfp_fp.bin"])
         {'lfw_dev_test': 'lfw:dev_test', 'mine': 'bin:/data/cfp_fp.bin'}
     """
-    from lightning_margin.data.sources import parse_source
-
     sets: dict[str, str] = {}
     for spec in specs:
         name, separator, source = spec.partition("=")
         if not separator:
             name, source = "", spec
-        kind, argument = parse_source(source, "verification")
-        if not name:
-            if kind == "lfw":
-                name = f"lfw_{argument}"
-            elif kind == "bin":
-                name = Path(argument).stem
-            else:
-                name = kind
+        default_name = verification_set_name(source)  # also validates a named source
+        name = name or default_name
         if name in sets:
             raise ValueError(f"two verification sets are named {name!r}; name them with NAME=SOURCE")
         sets[name] = source
     return sets
-
-
-def evaluate_embedder(
-    embedder: FaceEmbedder,
-    source: str,
-    *,
-    data_root: str | os.PathLike[str] | None = None,
-    flip: bool = True,
-    far: float | Sequence[float] = (1e-3,),
-    num_folds: int = 10,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = True,
-    device: str | None = None,
-) -> dict[str, Any]:
-    """Verification metrics of an embedder on one pair set, with the embedder's recorded preprocessing.
-
-    The set is built from its source string (:func:`~lightning_margin.data.sources.build_verification_set`) with
-    :meth:`FaceEmbedder.eval_transform`, loaded in order and scored by
-    :func:`~lightning_margin.evaluation.evaluate_pairs`.
-
-    Returns:
-        What :func:`~lightning_margin.evaluation.evaluate_pairs` returns (metrics, ``num_pairs`` and ``roc``).
-    """
-    from lightning_margin.data.sources import build_verification_set, resolve_data_root
-    from lightning_margin.evaluation import evaluate_pairs
-
-    dataset = build_verification_set(
-        source, resolve_data_root(data_root), embedder.eval_transform(source), image_size=embedder.input_size
-    )
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    return evaluate_pairs(embedder, loader, flip=flip, far=far, device=device, progress=progress, num_folds=num_folds)
 
 
 def verify_models(
@@ -216,7 +147,7 @@ def verify_models(
         measured: dict[str, dict[str, Any]] = {}
         for set_name, source in plan.items():
             entry = card.get(set_name)
-            protocol_far = list(far) if far else (entry.far if entry and entry.far else [1e-3])
+            protocol_far = list(far) if far else (entry.far if entry and entry.far else list(DEFAULT_FAR))
             folds = entry.num_folds if entry else 10
             results = evaluate_embedder(
                 model.embedder,
@@ -304,11 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Hub's hash (nothing was evaluated).
     """
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from lightning_margin.evaluation import format_table, write_metrics_json
-
     sets = parse_pairs(args.pairs) if args.pairs else None
     try:
-        models = [load_embedder(spec, revision=args.revision) for spec in args.models]
+        models = [load_model(spec, revision=args.revision) for spec in args.models]
     except CorruptDownloadError as error:
         print(f"lightning-margin verify: {error}", file=sys.stderr)
         return EXIT_CORRUPT_DOWNLOAD

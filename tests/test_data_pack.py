@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from lightning_margin.data import RecordIODataset, lfw_image_path, read_bin
+from lightning_margin.data.cli import main as data_command
 from lightning_margin.data.pack import main, pack_image_folder, pack_pairs_bin, read_pair_list
 
 
@@ -126,7 +127,8 @@ def test_missing_pair_image_is_named_with_the_list_line(tmp_path: Path) -> None:
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     image_tree(tmp_path / "faces", {"a": 2, "b": 1})
     arguments = ["recordio", str(tmp_path / "faces"), str(tmp_path / "train.rec"), "--quiet"]
-    assert main(["pack", *arguments, "--cache-dir", str(tmp_path / "cache")]) == 0
+    # Run as `lightning-margin data pack ...`: the data command hands the rest to pack's main.
+    assert data_command(["pack", *arguments, "--cache-dir", str(tmp_path / "cache")]) == 0
     assert "3 images, 2 identities" in capsys.readouterr().out
     assert len(RecordIODataset(tmp_path / "train.rec")) == 3
     (tmp_path / "pairs.txt").write_text("a/00.jpg\ta/01.jpg\t1\n")

@@ -180,7 +180,7 @@ def test_save_pretrained_pushes_under_the_folder_name_by_default(checkpoint, tmp
 
 
 def test_a_save_killed_mid_write_leaves_the_previous_export_loadable(checkpoint, tmp_path, monkeypatch):
-    import lightning_margin.embedder as embedder_module
+    import lightning_margin.embedder_hub as embedder_module  # where the weights are written
 
     embedder = FaceEmbedder.from_checkpoint(checkpoint)
     folder = tmp_path / "model"

@@ -22,8 +22,8 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 import lightning_margin.publish as publish_module
-from lightning_margin.hub import CorruptDownloadError, download_verified
-from lightning_margin.publish import PublishError, publish
+from lightning_margin.hub import CorruptDownloadError, UploadError, download_verified
+from lightning_margin.publish import publish
 from tests.hub_server import HubServer, git_blob_sha1, run_script_against_hub
 from tests.test_embedder import INPUT_SIZE, tiny_module
 
@@ -161,7 +161,7 @@ def test_commit_failure_leaves_the_export_intact_says_what_arrived_and_a_rerun_f
 
         hub.request_hook = snapshot_export
         hub.fail("commit", status=500)
-        with pytest.raises(PublishError) as failure:
+        with pytest.raises(UploadError) as failure:
             publish(checkpoint, "org/model", output_dir=out, endpoint=hub.url, progress=False)
         error = failure.value
         # The export was complete before the first request and the failed upload did not touch it.
@@ -193,7 +193,7 @@ def test_a_failed_lfs_upload_commits_nothing_and_the_rerun_sends_only_what_is_mi
     # retried, a 500 would be: see the next test).
     with HubServer(lfs_patterns=["*.safetensors", "*.json"]) as hub:
         hub.fail("lfs-upload", status=403, skip=1)
-        with pytest.raises(PublishError) as failure:
+        with pytest.raises(UploadError) as failure:
             publish(checkpoint, "org/model", output_dir=out, endpoint=hub.url, progress=False)
         assert (failure.value.uploaded, failure.value.not_uploaded) == ([], EXPORT)
         assert "to the Hub. <- HTTP 403 from PUT" in str(failure.value)
@@ -212,7 +212,7 @@ def test_a_failed_lfs_upload_commits_nothing_and_the_rerun_sends_only_what_is_mi
 def test_when_the_repository_cannot_be_created_the_message_says_nothing_arrived(checkpoint, tmp_path):
     with HubServer() as hub:
         hub.fail("create", status=500)
-        with pytest.raises(PublishError, match="org/model does not exist on the Hub: none of the files") as failure:
+        with pytest.raises(UploadError, match="org/model does not exist on the Hub: none of the files") as failure:
             publish(checkpoint, "org/model", output_dir=tmp_path / "export", endpoint=hub.url, progress=False)
         assert (failure.value.uploaded, failure.value.not_uploaded) == ([], EXPORT)
 
@@ -226,7 +226,7 @@ def test_an_unreachable_hub_fails_fast_and_keeps_the_temporary_export(checkpoint
     monkeypatch.setattr(HfApi, "verify_repo_checksums", asks_again)
     with HubServer() as hub:
         endpoint = hub.url  # nothing listens there once the server has stopped
-    with pytest.raises(PublishError, match="The Hub did not answer, so which files arrived is not known") as failure:
+    with pytest.raises(UploadError, match="The Hub did not answer, so which files arrived is not known") as failure:
         publish(checkpoint, "org/model", endpoint=endpoint, progress=False)
     error = failure.value
     try:

@@ -339,7 +339,7 @@ def test_cosine_scores_independent_of_norm():
     ("make_metric", "function"),
     [
         (lambda: VerificationAccuracy(num_folds=10), lambda s, y: verification_accuracy(s, y, num_folds=10)),
-        (TARAtFAR, lambda s, y: tar_at_far(s, y, far=(1e-1, 1e-2, 1e-3, 1e-4))),
+        (lambda: TARAtFAR(far=(1e-1, 1e-2, 1e-3, 1e-4)), lambda s, y: tar_at_far(s, y, far=(1e-1, 1e-2, 1e-3, 1e-4))),
         (EER, equal_error_rate),
         (VerificationAUC, roc_auc),
         (lambda: VerificationMetrics(num_folds=10, far=(1e-3,)), verification_metrics),

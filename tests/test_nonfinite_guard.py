@@ -17,13 +17,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 from lightning_margin import MarginModule
-from lightning_margin.callbacks.nonfinite_guard import (
+from lightning_margin.callbacks.nonfinite_diagnostics import (
     NonFiniteError,
-    NonFiniteGuard,
     describe_head,
     embedding_statistics,
     nonfinite_parameters,
 )
+from lightning_margin.callbacks.nonfinite_guard import NonFiniteGuard
 from lightning_margin.heads import create_head
 from lightning_margin.parallel import ShardedMarginHead
 from tests.helpers import IMAGE_SIZE, quiet_trainer, run_rank_script, separable_images, tiny_backbone
@@ -432,7 +432,8 @@ from pathlib import Path
 
 import torch
 
-from lightning_margin.callbacks.nonfinite_guard import NonFiniteError, NonFiniteGuard
+from lightning_margin.callbacks.nonfinite_diagnostics import NonFiniteError
+from lightning_margin.callbacks.nonfinite_guard import NonFiniteGuard
 from tests.helpers import quiet_trainer
 from tests.test_nonfinite_guard import loader, make_module
 

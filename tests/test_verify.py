@@ -97,7 +97,8 @@ def test_exported_folder_is_checked_against_its_card(published, tmp_path, capsys
 
 
 def test_a_hub_model_is_resolved_and_checked_once_for_weights_config_and_card(published, monkeypatch):
-    import lightning_margin.embedder
+    import lightning_margin.artifacts
+    import lightning_margin.embedder_hub
     import lightning_margin.verify
     from lightning_margin.hub import VerifiedFiles
 
@@ -110,9 +111,9 @@ def test_a_hub_model_is_resolved_and_checked_once_for_weights_config_and_card(pu
     def second_download(*args, **kwargs):
         raise AssertionError("the embedder asked the Hub again")
 
-    monkeypatch.setattr(lightning_margin.verify, "download_verified", download_verified)
-    monkeypatch.setattr(lightning_margin.embedder, "download_verified", second_download)
-    loaded = lightning_margin.verify.load_embedder("org/tiny", revision="v1")
+    monkeypatch.setattr(lightning_margin.artifacts, "download_verified", download_verified)
+    monkeypatch.setattr(lightning_margin.embedder_hub, "download_verified", second_download)
+    loaded = lightning_margin.verify.load_model("org/tiny", revision="v1")
     assert calls == [("org/tiny", ["config.json", "model.safetensors", "README.md"], "v1")]
     expected = FaceEmbedder.from_pretrained(published).state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in loaded.embedder.state_dict().items())

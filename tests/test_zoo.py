@@ -15,7 +15,7 @@ from lightning_margin.data import FaceDataModule
 from lightning_margin.heads import list_heads
 from lightning_margin.model_card import DEFAULT_TOLERANCE
 from lightning_margin.module import MarginModule
-from lightning_margin.verify import load_embedder, verify_models
+from lightning_margin.verify import load_model, verify_models
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
 CONFIGS = sorted(ZOO.glob("*/config.yaml"))
@@ -69,7 +69,7 @@ def test_every_zoo_config_instantiates_and_takes_a_step(config: Path, tmp_path: 
 
 @pytest.mark.parametrize("folder", EXPORTED, ids=lambda path: path.name)
 def test_every_zoo_model_reproduces_its_card_on_dev_test(folder: Path, lfw_root: Path) -> None:
-    model = load_embedder(folder)
+    model = load_model(folder)
     assert model.card_sets, f"{folder}/README.md has no model-index results"
     report = verify_models([model], data_root=lfw_root.parent, progress=False, batch_size=250)
     assert report.compared and not report.mismatches, report.mismatches

@@ -107,7 +107,7 @@ def report() -> None:
     (an export older than its weights).
     """
     from lightning_margin.plots.roc import plot_roc_curves
-    from lightning_margin.verify import load_embedder, verify_models
+    from lightning_margin.verify import load_model, verify_models
 
     rows, curves = [], {}
     for name in zoo_names():
@@ -117,7 +117,7 @@ def report() -> None:
             continue
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))[SET]
         training = json.loads((folder / "training.json").read_text(encoding="utf-8"))
-        model = load_embedder(folder)
+        model = load_model(folder)
         config = model.embedder.config
         # Re-evaluated for the ROC curve, which metrics.json does not hold; the card (6 decimals) must come out exactly.
         verified = verify_models([model], progress=False, batch_size=250, tolerance=1e-5)

@@ -12,6 +12,7 @@ Example:
     512
 """
 
+from lightning_margin.backbones.factory import FACE_BACKBONES, build_backbone, feature_width
 from lightning_margin.backbones.iresnet import (
     IRESNET_LAYERS,
     IRESNET_POOL_TYPES,
@@ -32,6 +33,7 @@ from lightning_margin.backbones.mobilefacenet import (
 )
 
 __all__ = [
+    "FACE_BACKBONES",
     "IRESNET_LAYERS",
     "IRESNET_POOL_TYPES",
     "MOBILEFACENET_BOTTLENECKS",
@@ -41,6 +43,8 @@ __all__ = [
     "IRBlock",
     "IResNet",
     "MobileFaceNet",
+    "build_backbone",
+    "feature_width",
     "iresnet18",
     "iresnet34",
     "iresnet50",

@@ -17,9 +17,7 @@ from torch import Tensor, nn
 from lightning_margin._validation import check_integer, check_range
 from lightning_margin.callbacks.head_path import resolve_head
 from lightning_margin.loggers import log_figure
-from lightning_margin.plots._figure import save_figure
-from lightning_margin.plots._heads import rows_per_class
-from lightning_margin.plots.theta_histogram import class_center_angles, plot_theta_histograms
+from lightning_margin.plots import class_center_angles, plot_theta_histograms, rows_per_class
 
 __all__ = ["ThetaDistribution"]
 
@@ -173,9 +171,7 @@ class ThetaDistribution(Callback):
         }
         if not recorded:
             raise ValueError(f"{type(self).__name__} has recorded nothing yet")
-        figure = plot_theta_histograms(recorded, bins=self.bins)
-        save_figure(figure, path)
-        return figure
+        return plot_theta_histograms(recorded, path, bins=self.bins)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or not any(angles.numel() for angles in self.angles.values()):

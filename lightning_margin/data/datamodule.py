@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -20,8 +20,10 @@ from lightning_margin.data.sources import (
     DATA_ENV,
     build_training_set,
     build_verification_set,
+    default_verification_sets,
     parse_source,
     resolve_data_root,
+    source_crop,
 )
 from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, normalize_batch, random_shift
 
@@ -71,9 +73,10 @@ class FaceDataModule(LightningDataModule):
 
     Args:
         train: The training source.
-        val_sets: Verification sets, ``{name: source}``; names are what metrics are logged under. ``None`` picks a
-            default: ``{"lfw_dev_test": "lfw:dev_test"}`` when training on ``lfw:dev_train`` (View 1: disjoint
-            people), ``{"synthetic": "synthetic"}`` when training on synthetic data, none otherwise.
+        val_sets: Verification sets, ``{name: source}``; names are what metrics are logged under. ``None`` picks the
+            training source's default (:func:`~lightning_margin.data.sources.default_verification_sets`):
+            ``{"lfw_dev_test": "lfw:dev_test"}`` when training on ``lfw:dev_train`` (View 1: disjoint people),
+            ``{"synthetic": "synthetic"}`` when training on synthetic data, none otherwise.
         data_root: The folder holding ``lfw/`` and relative paths; ``None`` reads ``$LIGHTNING_MARGIN_DATA``.
         image_size: The backbone's input side, or ``(height, width)``.
         lfw_crop_size: Centre crop (pixels) of LFW images before resizing.
@@ -158,12 +161,7 @@ class FaceDataModule(LightningDataModule):
             )
         self.train_source = parse_source(train, "training")
         if val_sets is None:
-            if train == "lfw:dev_train":
-                val_sets = {"lfw_dev_test": "lfw:dev_test"}
-            elif self.train_source.kind == "synthetic":
-                val_sets = {"synthetic": "synthetic"}
-            else:
-                val_sets = {}
+            val_sets = default_verification_sets(train)
         for name, spec in val_sets.items():
             if not isinstance(name, str) or not name:
                 raise ValueError(f"verification set names must be non-empty strings, got {name!r}")
@@ -182,10 +180,7 @@ class FaceDataModule(LightningDataModule):
         self.cache_in_memory = cache_in_memory
         # Transforms validate image size, mean, std and flip probability. With normalize_on_device the workers stop
         # after the resize (uint8) and on_after_batch_transfer flips and normalises whole batches on the device.
-        self.train_transform = self._transform(self.train_source.kind, flip_probability, lfw_crop_size, crop_size)
-        self._eval_transforms = {
-            kind: self._transform(kind, 0.0, lfw_crop_size, crop_size) for kind in ("lfw", "synthetic", "bin")
-        }
+        self.train_transform = self._transform(train, "training", flip_probability)
         # The training set is built now: ``num_classes`` must exist right after __init__ for LightningCLI's
         # ``data.num_classes -> model.num_classes`` link. Every reader indexes cheaply (list files, a RecordIO
         # header, a cached folder listing) and opens no file handles until items are read.
@@ -206,9 +201,9 @@ class FaceDataModule(LightningDataModule):
         self._val_datasets: dict[str, Dataset] | None = None
 
     def _transform(
-        self, kind: str, flip_probability: float, lfw_crop_size: int, crop_size: int | None
+        self, spec: str, role: Literal["training", "verification"], flip_probability: float
     ) -> FaceTransform:
-        crop = lfw_crop_size if kind == "lfw" else None if kind == "synthetic" else crop_size
+        crop = source_crop(spec, self.hparams.crop_size, self.hparams.lfw_crop_size, role)
         on_device = self.normalize_on_device
         flip = 0.0 if on_device else flip_probability
         return FaceTransform(self.image_size, crop, self.hparams.mean, self.hparams.std, flip, normalize=not on_device)
@@ -233,10 +228,8 @@ class FaceDataModule(LightningDataModule):
         if self._val_datasets is None:
             datasets = {}
             for name, spec in self.val_sets.items():
-                kind = parse_source(spec, "verification").kind
-                datasets[name] = build_verification_set(
-                    spec, self.data_root, self._eval_transforms[kind], image_size=self.image_size
-                )
+                transform = self._transform(spec, "verification", 0.0)
+                datasets[name] = build_verification_set(spec, self.data_root, transform, image_size=self.image_size)
             if self.cache_in_memory:
                 datasets = {name: InMemoryDataset(data, f"caching {name}") for name, data in datasets.items()}
             self._val_datasets = datasets

@@ -233,16 +233,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point (``lightning-margin data pack ...``); returns the exit status.
+    """Entry point of ``lightning-margin data pack`` (run by :mod:`lightning_margin.data.cli`); returns the status.
 
     Example:
         >>> main(["bin", "lfw/pairsDevTest.txt", "lfw/lfw-deepfunneled", "dev_test.bin"])  # doctest: +SKIP
         0
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["pack"]:  # mounted as ``lightning-margin data ...``: accept ``data pack recordio ...``
-        argv = argv[1:]
-    arguments = _parser().parse_args(argv)
+    arguments = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         if arguments.command == "recordio":
             summary, skipped = pack_image_folder(

@@ -7,6 +7,7 @@ whose states synchronise across processes by concatenation.
 
 from lightning_margin.metrics.accuracy import VerificationAccuracy
 from lightning_margin.metrics.functional import (
+    DEFAULT_FAR,
     cosine_scores,
     equal_error_rate,
     roc_auc,
@@ -21,6 +22,7 @@ from lightning_margin.metrics.roc import EER, TARAtFAR, VerificationAUC
 from lightning_margin.metrics.verification import VerificationMetrics
 
 __all__ = [
+    "DEFAULT_FAR",
     "EER",
     "PairScoreMetric",
     "TARAtFAR",

@@ -25,6 +25,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 __all__ = [
+    "DEFAULT_FAR",
     "cosine_scores",
     "equal_error_rate",
     "roc_auc",
@@ -35,7 +36,9 @@ __all__ = [
     "verification_metrics",
 ]
 
-DEFAULT_FAR: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4)
+#: The false accept rate(s) TAR@FAR is reported at unless told otherwise: training logs, ``verify``, ``publish`` and
+#: the model cards (whose ``tar@far=1e-3`` column every zoo card records) all use this one default.
+DEFAULT_FAR: tuple[float, ...] = (1e-3,)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -403,7 +406,7 @@ def verification_accuracy(scores: Tensor, issame: Tensor, num_folds: int = 10) -
 
 
 def verification_metrics(
-    scores: Tensor, issame: Tensor, num_folds: int = 10, far: float | Sequence[float] = (1e-3,)
+    scores: Tensor, issame: Tensor, num_folds: int = 10, far: float | Sequence[float] = DEFAULT_FAR
 ) -> dict[str, Tensor]:
     """Every verification metric of one set from one sort: k-fold accuracy, TAR@FAR, EER and ROC AUC.
 

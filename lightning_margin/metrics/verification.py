@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from lightning_margin.metrics.functional import (
+    DEFAULT_FAR,
     _check_far,
     _check_num_folds,
     roc_curve,
@@ -40,7 +41,7 @@ class VerificationMetrics(PairScoreMetric):
         {'accuracy': 0.5, 'accuracy_std': 0.0, 'threshold': 0.65, 'tar@far=5e-1': 1.0, 'eer': 0.5, 'auc': 0.75}
     """
 
-    def __init__(self, num_folds: int = 10, far: float | Sequence[float] = (1e-3,), **kwargs: Any) -> None:
+    def __init__(self, num_folds: int = 10, far: float | Sequence[float] = DEFAULT_FAR, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.num_folds = _check_num_folds(num_folds)
         self.far = tuple(_check_far(far)[0])

@@ -13,7 +13,7 @@ a :class:`matplotlib.figure.Figure` (Agg canvas; nothing is shown) and saves a P
 ``lightning-margin plot {target-logits,decision-boundaries,geometry}`` draws them from the command line.
 """
 
-from lightning_margin.plots._heads import DEFAULT_HEADS, describe_head
+from lightning_margin.plots._heads import DEFAULT_HEADS, head_legend_label, rows_per_class
 from lightning_margin.plots.decision_boundaries import decision_boundary, plot_decision_boundaries
 from lightning_margin.plots.geometry import (
     GEOMETRY_LOSSES,
@@ -37,7 +37,7 @@ __all__ = [
     "GeometryResult",
     "class_center_angles",
     "decision_boundary",
-    "describe_head",
+    "head_legend_label",
     "load_digits_subset",
     "logit_unit",
     "non_target_logit_curve",
@@ -46,6 +46,7 @@ __all__ = [
     "plot_roc_curves",
     "plot_target_logits",
     "plot_theta_histograms",
+    "rows_per_class",
     "target_logit_curve",
     "theta_histogram",
     "train_geometry_models",

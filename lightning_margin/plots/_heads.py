@@ -9,7 +9,7 @@ from torch import nn
 
 from lightning_margin.heads import create_head
 
-__all__ = ["DEFAULT_HEADS", "HeadSpec", "HeadsArg", "describe_head", "resolve_heads", "rows_per_class"]
+__all__ = ["DEFAULT_HEADS", "HeadSpec", "HeadsArg", "head_legend_label", "resolve_heads", "rows_per_class"]
 
 HeadSpec = str | tuple[str, Mapping[str, Any]] | nn.Module
 HeadsArg = Mapping[str, HeadSpec] | Sequence[HeadSpec]
@@ -56,7 +56,7 @@ def rows_per_class(head: nn.Module) -> int:
     return int(getattr(head, "rows_per_class", getattr(head, "num_subcenters", 1)))
 
 
-def describe_head(head: nn.Module) -> str:
+def head_legend_label(head: nn.Module) -> str:
     """A legend label such as ``"ArcFace (s=64, m=0.5)"``, read from the head's hyperparameter attributes."""
     name = getattr(head, "head_name", None)
     label = _DISPLAY_NAMES.get(name, name) if name else type(head).__name__
@@ -81,7 +81,7 @@ def _build(spec: HeadSpec, embedding_size: int, num_classes: int) -> nn.Module:
 
 
 def resolve_heads(heads: HeadsArg | None, *, embedding_size: int = 3, num_classes: int = 2) -> dict[str, nn.Module]:
-    """Labelled heads: a mapping keeps its labels, a sequence is labelled by :func:`describe_head`.
+    """Labelled heads: a mapping keeps its labels, a sequence is labelled by :func:`head_legend_label`.
 
     Heads given by name are built with ``embedding_size`` and ``num_classes`` (their maths does not depend on
     either); ``None`` means :data:`DEFAULT_HEADS`.
@@ -96,7 +96,7 @@ def resolve_heads(heads: HeadsArg | None, *, embedding_size: int = 3, num_classe
         resolved = {}
         for spec in heads:
             head = _build(spec, embedding_size, num_classes)
-            label = describe_head(head)
+            label = head_legend_label(head)
             if label in resolved:
                 raise ValueError(f"two heads would share the legend label {label!r}; pass a mapping label -> head")
             resolved[label] = head

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from lightning_margin._validation import check_integer, check_positive, check_range
 from lightning_margin.heads import create_head
 from lightning_margin.plots._figure import CLASS_COLORS, new_figure, save_figure
-from lightning_margin.plots._heads import describe_head, rows_per_class
+from lightning_margin.plots._heads import head_legend_label, rows_per_class
 
 __all__ = [
     "GEOMETRY_HEAD_KWARGS",
@@ -239,7 +239,7 @@ def train_geometry_models(
                 accuracy = (head.logits(embeddings).argmax(dim=1) == labels[shown]).float().mean().item()
             results[loss] = GeometryResult(
                 loss=loss,
-                label=describe_head(head),
+                label=head_legend_label(head),
                 embeddings=embeddings,
                 labels=labels[shown].clone(),
                 indices=shown.nonzero().flatten(),
