@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from lightning_margin.heads.base import MarginHead
@@ -17,6 +18,7 @@ __all__ = [
     "head_class_from_path",
     "head_config",
     "list_heads",
+    "recorded_head_name",
     "register_head",
 ]
 
@@ -141,7 +143,28 @@ def head_config(head: MarginHead) -> dict[str, Any]:
     Example:
         >>> from lightning_margin.heads import CosFace
         >>> head_config(CosFace(embedding_size=8, num_classes=4, margin=0.2))
-        {'class_path': 'lightning_margin.heads.cosface.CosFace', 'init_args': {'scale': 64.0, 'margin': 0.2}}
+        {'class_path': 'lightning_margin.heads.CosFace', 'init_args': {'scale': 64.0, 'margin': 0.2}}
     """
     cls = type(head)
-    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(head.hparams)}
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    package = cls.__module__.rpartition(".")[0]
+    if package and getattr(sys.modules.get(package), cls.__name__, None) is cls:
+        path = f"{package}.{cls.__name__}"  # the public path: the package re-exports it (lightning_margin.heads)
+    return {"class_path": path, "init_args": dict(head.hparams)}
+
+
+def recorded_head_name(config: Mapping[str, Any]) -> str:
+    """The registry name of the head that a :func:`head_config` record describes; its class path if that class is
+    not registered (nothing is imported).
+
+    Example:
+        >>> recorded_head_name({"class_path": "lightning_margin.heads.cosface.CosFace", "init_args": {"margin": 0.2}})
+        'cosface'
+    """
+    class_path = config.get("class_path")
+    if not isinstance(class_path, str):
+        raise ValueError(f"a head record needs a `class_path` string, got keys {sorted(config)}")
+    try:
+        return get_head_name(head_class_from_path(class_path))
+    except ValueError:
+        return class_path
