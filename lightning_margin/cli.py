@@ -8,15 +8,19 @@ or Lightning's ``Trainer``; ``lightning-margin fit --help`` lists them, ``--prin
 
 from __future__ import annotations
 
+import inspect
 import signal
 import sys
+from argparse import Action
 from collections.abc import Callable, Sequence
 from importlib import import_module
 
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_margin.heads.registry import HeadCallable, get_head_class
 from lightning_margin.module import MarginModule
 
 __all__ = ["SIGTERM_EXIT_STATUS", "MarginCLI", "main"]
@@ -35,6 +39,47 @@ TOOLS: dict[str, tuple[str, str]] = {
 }
 
 
+#: The usage line of ``fit``/``validate``/``test``/``predict``: every option is in the help below it.
+USAGE = (
+    "%(prog)s [-h] [-c CONFIG] [--print_config[=flags]] [--seed_everything SEED] [--trainer.* ...] "
+    "[--model.* ...] [--data.* ...] [--ckpt_path CKPT_PATH]"
+)
+
+
+class GroupedHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with each "known subclasses" list grouped by module: ``torch.optim.{SGD, Adam}``.
+
+    The same names in about half the lines: the callbacks' list alone is 40 lines otherwise.
+    """
+
+    def _get_help_string(self, action: Action) -> str:
+        text = super()._get_help_string(action)
+        head, marker, tail = text.partition(KNOWN_SUBCLASSES)
+        if not marker or not tail.endswith(")"):
+            return text
+        return head + marker + group_class_paths(tail[:-1].split(", ")) + ")"
+
+
+KNOWN_SUBCLASSES = ", known subclasses: "
+
+
+def group_class_paths(paths: Sequence[str]) -> str:
+    """``a.b.C, a.b.D, e.F`` -> ``a.b.{C, D}, e.F``: paths grouped by module, in order of first appearance.
+
+    Example:
+        >>> group_class_paths(["torch.optim.SGD", "torch.optim.Adam", "my.Optimizer"])
+        'torch.optim.{SGD, Adam}, my.Optimizer'
+    """
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        module, _, name = path.rpartition(".")
+        groups.setdefault(module, []).append(name)
+    return ", ".join(
+        f"{module}.{names[0]}" if len(names) == 1 else f"{module}.{{{', '.join(names)}}}"
+        for module, names in groups.items()
+    )
+
+
 class LoggedConfig(SaveConfigCallback):
     """Saves the resolved config to the log dir (as LightningCLI does) and to every logger (wandb, TensorBoard)."""
 
@@ -47,12 +92,65 @@ class LoggedConfig(SaveConfigCallback):
 class MarginCLI(LightningCLI):
     """LightningCLI with the datamodule's ``num_classes`` linked into the model, so configs never repeat it.
 
+    Two model arguments are narrower on the command line than in Python, so that ``fit --help`` stays readable and
+    every value is validated by the parser: ``model.backbone`` is a timm model name (its arguments go to
+    ``model.backbone_kwargs``; a module object is for Python), and ``model.head`` is a
+    :data:`~lightning_margin.heads.registry.HeadCallable` given as ``{class_path: ArcFace, init_args: {...}}``
+    (``--model.head.help ArcFace`` lists its typed arguments, ``--model.head.init_args.margin 0.4`` sets one).
+    ``head_kwargs`` (Python's companion of a head name) is not a CLI argument.
+
     The resolved config is saved next to the logs and logged to every logger (:class:`LoggedConfig`).
     """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("save_config_callback", LoggedConfig)
+        # argparse's usage line would list all ~90 options again above their help: name the groups instead.
+        parser_kwargs = {
+            key: dict(value) if isinstance(value, dict) else value
+            for key, value in (kwargs.get("parser_kwargs") or {}).items()
+        }
+        parser_kwargs.setdefault("formatter_class", GroupedHelpFormatter)  # subcommands inherit the main parser's
+        for subcommand in self.subcommands():
+            parser_kwargs.setdefault(subcommand, {}).setdefault("usage", USAGE)
+        kwargs["parser_kwargs"] = parser_kwargs
         super().__init__(*args, **kwargs)
+
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        if self.subclass_mode_model or not issubclass(self._model_class, MarginModule):
+            super().add_core_arguments_to_parser(parser)
+            return
+        # LightningCLI's own steps, except that the model's class arguments skip the Python-only forms.
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({f"trainer.{k}": v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        model_group = "model"
+        parser.add_class_arguments(
+            self._model_class,
+            model_group,
+            fail_untyped=False,
+            sub_configs=True,
+            skip={"backbone", "head", "head_kwargs"},
+        )
+        defaults = inspect.signature(self._model_class).parameters
+        default_head = get_head_class(defaults["head"].default)  # the Python default is a head name
+        group = parser.groups[model_group]  # the model's own section of the help
+        group.add_argument(
+            f"--{model_group}.backbone",
+            type=str,
+            default=defaults["backbone"].default,
+            help="A timm model name (iresnet50, resnet18, ...); its arguments: model.backbone_kwargs.",
+        )
+        group.add_argument(
+            f"--{model_group}.head",
+            type=HeadCallable,
+            default={"class_path": f"lightning_margin.heads.{default_head.__name__}"},
+            help="The margin head: {class_path: ArcFace, init_args: {margin: 0.5}}.",
+        )
+        if self.datamodule_class is not None:
+            parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
+        else:
+            parser.add_lightning_class_args(
+                self._datamodule_class, "data", subclass_mode=self.subclass_mode_data, required=False
+            )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")

@@ -27,6 +27,7 @@ from lightning_margin.data.sources import source_crop
 from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, preprocess_face
 from lightning_margin.embedder_hub import EmbedderHubMixin
 from lightning_margin.images import ImageInput, to_image_tensors
+from lightning_margin.heads.registry import recorded_head_name
 from lightning_margin.necks import create_neck, list_necks
 from lightning_margin.tta import embed as tta_embed
 
@@ -368,14 +369,18 @@ class FaceEmbedder(
                 "a timm backbone name (e.g. backbone='iresnet50') to export a FaceEmbedder"
             )
         head = hyperparameters.get("head")
+        if isinstance(head, Mapping):  # the head's own record (head_config): its class and constructor arguments
+            loss, loss_kwargs = recorded_head_name(head), dict(head.get("init_args") or {})
+        else:  # checkpoints from before the record: a head name and head_kwargs
+            loss, loss_kwargs = (head if isinstance(head, str) else None), hyperparameters.get("head_kwargs")
         embedder = cls(
             backbone=backbone,
             embedding_size=hyperparameters.get("embedding_size", 512),
             neck=hyperparameters.get("neck", "bn_dropout_fc_bn"),
             backbone_kwargs=hyperparameters.get("backbone_kwargs"),
             input_size=hyperparameters.get("input_size", 112),
-            loss=head if isinstance(head, str) else None,
-            loss_kwargs=hyperparameters.get("head_kwargs"),
+            loss=loss,
+            loss_kwargs=loss_kwargs,
             num_classes=hyperparameters.get("num_classes"),
             training=training,
             **preprocessing,

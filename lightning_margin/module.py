@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -15,6 +16,7 @@ from lightning_margin._validation import check_choice, check_integer
 from lightning_margin.backbones.factory import FACE_BACKBONES, build_backbone, feature_width
 from lightning_margin.heads import MarginHead, create_head
 from lightning_margin.metrics.functional import DEFAULT_FAR
+from lightning_margin.heads.registry import HeadCallable, head_class_from_path, head_config
 from lightning_margin.necks import create_neck, list_necks
 
 __all__ = ["MarginModule", "default_optimizer"]
@@ -38,35 +40,41 @@ class MarginModule(pl.LightningModule):
             ``num_classes=0``, or any ``nn.Module`` mapping images to ``[B, features]``.
         num_classes: Number of training identities (linked from the datamodule by the CLI).
         embedding_size: Width of the embeddings.
-        head: A head name from :func:`~lightning_margin.heads.list_heads`, or a head instance.
-        head_kwargs: Hyperparameters of the head (``scale``, ``margin``, ...) when ``head`` is a name.
-        neck: The output layer between backbone and embedding: ``bn_dropout_fc_bn`` (the ArcFace paper's
-            option E), ``fc_bn``, ``linear`` or ``identity``.
+        head: The margin head, given as a :data:`~lightning_margin.heads.registry.HeadCallable`
+            ``(embedding_size, num_classes) -> head`` (a head class, ``functools.partial(ArcFace, margin=0.4)``; in a
+            config ``{class_path: ArcFace, init_args: {margin: 0.4}}``, ``--model.head.help ArcFace`` lists its
+            arguments), a name from :func:`~lightning_margin.heads.list_heads` (with ``head_kwargs``), a head
+            instance, or a head's record ``{"class_path": ..., "init_args": ...}``. Whatever the form, the
+            hyperparameters record the built head's :func:`~lightning_margin.heads.registry.head_config` (its class
+            path and :attr:`~lightning_margin.heads.MarginHead.hparams`), which rebuilds it.
+        head_kwargs: Python only: hyperparameters of the head when ``head`` is a name (the CLI sets
+            ``head.init_args``).
+        neck: The layer between backbone and embedding (``bn_dropout_fc_bn``: the ArcFace paper's option E).
         dropout: Dropout rate in the neck.
-        backbone_kwargs: Extra arguments for ``timm.create_model`` (``global_pool``, ``drop_rate``, ...). Our face
-            backbones also get ``img_size=input_size`` unless given here.
-        pretrained: Load timm's pretrained weights for the backbone (needs them cached or network access).
-        input_size: Square input size in pixels; used to measure the backbone's output width.
-        optimizer: A callable ``params -> Optimizer`` (LightningCLI: ``--model.optimizer SGD
-            --model.optimizer.lr 0.1``). It receives two parameter groups: backbone + neck, then the head.
-        lr_scheduler: A callable ``optimizer -> LRScheduler`` or ``None``.
-        scheduler_interval: Step the scheduler every ``"epoch"`` or every ``"step"``.
-        head_weight_decay: Weight decay of the head's parameters (insightface uses a different value for the
-            classifier); ``None`` keeps the optimizer's.
-        flip_test: Flip test-time augmentation in validation: a pair member's embedding is the normalised
-            sum of the embeddings of the image and its mirror.
+        backbone_kwargs: Extra ``timm.create_model`` arguments (``global_pool``, ...); face backbones also get
+            ``img_size=input_size``.
+        pretrained: Load timm's pretrained backbone weights (cached, or downloaded).
+        input_size: Square input size in pixels (measures the backbone's output width).
+        optimizer: ``params -> Optimizer`` (``--model.optimizer SGD --model.optimizer.lr 0.1``), given two
+            parameter groups: backbone + neck, then the head.
+        lr_scheduler: ``optimizer -> LRScheduler``, or ``None``.
+        scheduler_interval: Step the scheduler every epoch or every step.
+        head_weight_decay: The head's weight decay (``None``: the optimizer's).
+        flip_test: Validate on the sum of each image's and its mirror's normalised embeddings.
         far: False accept rates at which validation reports the true accept rate.
-        sharded: Shard the head's class centres across DDP ranks
-            (:class:`~lightning_margin.parallel.ShardedMarginHead`); checkpoints still hold the full weight.
+        sharded: Shard the head's class centres over DDP ranks (checkpoints hold the full weight).
         sample_rate: Partial FC: the fraction of negative class centres used per step (1.0: all).
-        chunk_size: Memory-lean loss: classes per block, never holding the ``[B, num_classes]`` logits (``None``:
-            off).
+        chunk_size: Classes per block of a loss that never holds ``[B, num_classes]`` logits (``None``: off).
 
     Example:
-        >>> model = MarginModule("iresnet18", num_classes=100, embedding_size=128, head="arcface",
-        ...                      head_kwargs={"scale": 32.0, "margin": 0.5}, input_size=112)
+        >>> from functools import partial
+        >>> from lightning_margin.heads import ArcFace
+        >>> model = MarginModule("iresnet18", num_classes=100, embedding_size=128,
+        ...                      head=partial(ArcFace, scale=32.0, margin=0.5), input_size=112)
         >>> model(torch.randn(2, 3, 112, 112)).shape
         torch.Size([2, 128])
+        >>> model.hparams.head["init_args"]
+        {'scale': 32.0, 'margin': 0.5, 'easy_margin': False}
     """
 
     def __init__(
@@ -74,7 +82,7 @@ class MarginModule(pl.LightningModule):
         backbone: str | nn.Module = "iresnet50",
         num_classes: int = 1000,
         embedding_size: int = 512,
-        head: str | MarginHead = "arcface",
+        head: HeadCallable | str | MarginHead | Mapping[str, Any] = "arcface",
         head_kwargs: dict[str, Any] | None = None,
         neck: Literal["bn_dropout_fc_bn", "fc_bn", "linear", "identity"] = "bn_dropout_fc_bn",
         dropout: float = 0.0,
@@ -92,9 +100,10 @@ class MarginModule(pl.LightningModule):
         chunk_size: int | None = None,
     ) -> None:
         super().__init__()
-        # Modules and callables are not hyperparameters: checkpoints must load with `weights_only=True`.
-        modules = [name for name, value in (("backbone", backbone), ("head", head)) if isinstance(value, nn.Module)]
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", *modules])
+        # Modules and callables are not hyperparameters: checkpoints must load with `weights_only=True`. The head is
+        # recorded once built, from the head itself (below).
+        modules = ["backbone"] if isinstance(backbone, nn.Module) else []
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "head", "head_kwargs", *modules])
         num_classes = check_integer("num_classes", num_classes)
         embedding_size = check_integer("embedding_size", embedding_size)
         check_choice("neck", neck, list_necks())
@@ -112,15 +121,10 @@ class MarginModule(pl.LightningModule):
         in_features = feature_width(self.backbone, self.input_size, backbone_kwargs.get("in_chans", 3))
         self.neck = create_neck(neck, in_features, embedding_size, dropout)
 
-        if isinstance(head, str):
-            self.head = create_head(head, embedding_size=embedding_size, num_classes=num_classes, **(head_kwargs or {}))
-        elif isinstance(head, nn.Module):
-            for name, expected in (("embedding_size", embedding_size), ("num_classes", num_classes)):
-                if getattr(head, name, expected) != expected:
-                    raise ValueError(f"the head has {name}={getattr(head, name)}, but the module has {name}={expected}")
-            self.head = head
-        else:
-            raise ValueError(f"`head` must be a head name or a MarginHead instance, got {type(head).__name__}")
+        self.head = _build_head(head, head_kwargs, embedding_size, num_classes)
+        # Plain strings and numbers, in the config form: `MarginModule(**hparams)`, `load_from_checkpoint` and the CLI's
+        # `--ckpt_path` (which parses them back into the config) all rebuild this head.
+        self.save_hyperparameters({"head": head_config(self.head)})
         if sharded or sample_rate != 1.0 or chunk_size is not None:
             from lightning_margin.parallel import ShardedMarginHead
 
@@ -254,18 +258,42 @@ class MarginModule(pl.LightningModule):
                 continue
             values = {f"{prefix}/{name}/{key}": value for key, value in results.items() if _is_scalar(value)}
             self.log_dict(values, add_dataloader_idx=False, sync_dist=False)
-            self._log_roc_figure(prefix, name, metric)
             metric.reset()
 
-    def _log_roc_figure(self, prefix: str, name: str, metric: nn.Module) -> None:
-        if self.trainer.sanity_checking or not self.loggers:
-            return
-        from lightning_margin.loggers import log_figure
-        from lightning_margin.plots.roc import plot_roc_curves
 
-        fpr, tpr, _ = metric.roc_curve()
-        figure = plot_roc_curves({name: (fpr.cpu(), tpr.cpu())}, title=f"{name}, epoch {self.current_epoch}")
-        log_figure(self.loggers, f"{prefix}/{name}/roc", figure, step=self.global_step)
+def _build_head(
+    head: HeadCallable | str | MarginHead | Mapping[str, Any],
+    head_kwargs: dict[str, Any] | None,
+    embedding_size: int,
+    num_classes: int,
+) -> MarginHead:
+    """The head from any of the forms ``MarginModule`` takes, checked against the module's sizes."""
+    if head_kwargs and not isinstance(head, str):
+        raise ValueError(
+            f"`head_kwargs` only applies to a head name, but `head` is a {type(head).__name__}; give the "
+            "hyperparameters to the head (`partial(ArcFace, margin=0.4)`, or `init_args` in a config)"
+        )
+    if isinstance(head, str):
+        return create_head(head, embedding_size=embedding_size, num_classes=num_classes, **(head_kwargs or {}))
+    if isinstance(head, Mapping):
+        if not isinstance(head.get("class_path"), str):
+            raise ValueError(f"a head config needs a `class_path` (and optional `init_args`), got keys {sorted(head)}")
+        cls = head_class_from_path(head["class_path"])
+        return cls(embedding_size, num_classes, **dict(head.get("init_args") or {}))
+    if not isinstance(head, MarginHead):
+        if not callable(head):
+            raise ValueError(
+                "`head` must be a callable (embedding_size, num_classes) -> MarginHead, a head name, a MarginHead "
+                f"instance or a head config, got {type(head).__name__}"
+            )
+        built = head(embedding_size, num_classes)
+        if not isinstance(built, MarginHead):
+            raise ValueError(f"the `head` callable must return a MarginHead, got {type(built).__name__}")
+        head = built
+    for name, expected in (("embedding_size", embedding_size), ("num_classes", num_classes)):
+        if getattr(head, name, expected) != expected:
+            raise ValueError(f"the head has {name}={getattr(head, name)}, but the module has {name}={expected}")
+    return head
 
 
 def _is_scalar(value: Any) -> bool:

@@ -6,7 +6,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_margin import MarginModule
-from lightning_margin.callbacks import MarginScheduler, SphereFaceAnnealing
+from lightning_margin.callbacks import HeadScheduler, SphereFaceAnnealing
 from tests.helpers import IMAGE_SIZE, quiet_trainer, tiny_backbone, train_loader
 from tests.test_module import trainer_metrics
 
@@ -77,12 +77,12 @@ def test_sphereface_annealing_reaches_its_floor():
         ("constant", lambda step: 0.5),
     ],
 )
-def test_margin_scheduler_schedules_from_the_heads_start_value(tmp_path, schedule, expected):
+def test_head_scheduler_schedules_from_the_heads_start_value(tmp_path, schedule, expected):
     recorder = Recorder("margin")
     fit(
         tmp_path,
         make_module("arcface", margin=0.1),
-        [MarginScheduler("margin", 0.5, 8, schedule=schedule), recorder],
+        [HeadScheduler("margin", 0.5, 8, schedule=schedule), recorder],
         10,
     )
     for step, (value,) in recorder.seen.items():
@@ -93,7 +93,7 @@ RESUME_CASES = {
     # Two schedules on one head: each needs its own checkpoint entry. `start=None` reads the head's value at fit
     # start, so the resumed module below, built with another margin, must still continue the original ramp.
     "arcface": (
-        lambda: [MarginScheduler("margin", end=0.5, warmup_steps=8), MarginScheduler("scale", 30.0, 8, 4.0, "cosine")],
+        lambda: [HeadScheduler("margin", end=0.5, warmup_steps=8), HeadScheduler("scale", 30.0, 8, 4.0, "cosine")],
         ("margin", "scale"),
         {"margin": 0.1, "scale": 4.0},
         {"margin": 0.3, "scale": 4.0},
@@ -125,11 +125,26 @@ def test_resume_continues_the_schedules_from_the_restored_step(tmp_path, head):
 
 def test_a_schedule_for_a_missing_attribute_names_the_numeric_ones(tmp_path):
     with pytest.raises(ValueError, match="no numeric attribute 'margn'.*margin.*scale"):
-        fit(tmp_path, make_module("arcface"), [MarginScheduler("margn", 0.5, 8)], max_steps=1)
+        fit(tmp_path, make_module("arcface"), [HeadScheduler("margn", 0.5, 8)], max_steps=1)
 
 
 def test_invalid_schedule_arguments():
     with pytest.raises(ValueError, match="'constant', 'linear', 'cosine'"):
-        MarginScheduler("margin", 0.5, 10, schedule="exponential")
+        HeadScheduler("margin", 0.5, 10, schedule="exponential")
     with pytest.raises(ValueError, match="warmup_steps"):
-        MarginScheduler("margin", 0.5, -1)
+        HeadScheduler("margin", 0.5, -1)
+
+
+def test_head_scheduler_resumes_a_state_saved_under_its_former_name():
+    # Lightning keys callback states by class name; checkpoints written before the rename say "MarginScheduler".
+    scheduler = HeadScheduler("scale", end=30.0, warmup_steps=8)
+    old_key = "MarginScheduler{'attribute': 'scale', 'head_path': 'head'}"
+    checkpoint = {"callbacks": {old_key: {"attribute": "scale", "last_value": 5.5, "last_step": 3, "start": 4.0}}}
+    scheduler.on_load_checkpoint(None, None, checkpoint)
+    assert scheduler.start == 4.0 and scheduler.last_step == 3
+    assert scheduler.value_at(4) == pytest.approx(4.0 + (30.0 - 4.0) * 4 / 8)
+    # A state under the current key wins (Lightning loads it after this hook); nothing is read twice.
+    fresh = HeadScheduler("scale", end=30.0, warmup_steps=8)
+    both = {"callbacks": {**checkpoint["callbacks"], fresh.state_key: {"start": 9.0}}}
+    fresh.on_load_checkpoint(None, None, both)
+    assert fresh.start is None

@@ -163,7 +163,8 @@ def test_save_load_round_trip_gives_identical_embeddings(checkpoint, tmp_path):
     ]
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["architecture"] == "FaceEmbedder" and config["library_name"] == "lightning-margin"
-    assert config["loss"] == "cosface" and config["training"]["model"]["head_kwargs"] == {"scale": 16.0, "margin": 0.2}
+    assert config["loss"] == "cosface" and config["loss_kwargs"] == {"scale": 16.0, "margin": 0.2}
+    assert config["training"]["model"]["head"]["init_args"] == {"scale": 16.0, "margin": 0.2}
     loaded = FaceEmbedder.from_pretrained(tmp_path / "model")
     assert loaded.config == embedder.config
     images = torch.randint(0, 256, (4, 3, 45, 45), dtype=torch.uint8)

@@ -1,10 +1,13 @@
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_margin import MarginModule
-from lightning_margin.heads import ArcFace, list_heads
+from lightning_margin.callbacks import ROCFigure
+from lightning_margin.heads import ArcFace, CosFace, Softmax, create_head, get_head_class, list_heads
 from tests.helpers import IMAGE_SIZE, quiet_trainer, tiny_backbone, train_loader
 
 
@@ -145,7 +148,11 @@ def test_validation_logs_every_verification_metric_per_set_and_a_roc_image(tmp_p
     )
     module = make_module(optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
     quiet_trainer(
-        default_root_dir=tmp_path, max_epochs=1, logger=TensorBoardLogger(tmp_path), num_sanity_val_steps=0
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        logger=TensorBoardLogger(tmp_path),
+        num_sanity_val_steps=0,
+        callbacks=[ROCFigure()],  # the module draws no figures itself
     ).fit(module, data)
     logged = module.trainer.callback_metrics
     keys = {"accuracy", "accuracy_std", "threshold", "tar@far=1e-3", "eer", "auc"}
@@ -183,3 +190,101 @@ def test_a_wrapped_head_under_ddp_without_sharding_is_refused_before_training(op
         model.configure_model()
     model._trainer = SimpleNamespace(world_size=1)  # one process: Partial FC and chunking need no sharding
     model.configure_model()
+
+
+# ---- the head argument and its record ------------------------------------------------------------------------
+
+COSFACE_RECORD = {"class_path": "lightning_margin.heads.CosFace", "init_args": {"scale": 16.0, "margin": 0.2}}
+
+
+@pytest.mark.parametrize(
+    ("head", "head_kwargs"),
+    [
+        ("cosface", {"scale": 16.0, "margin": 0.2}),  # Python: a registry name and its hyperparameters
+        (partial(CosFace, scale=16.0, margin=0.2), None),  # the injected callable (what the CLI builds)
+        (lambda d, c: CosFace(embedding_size=d, num_classes=c, scale=16.0, margin=0.2), None),
+        (CosFace(16, 4, scale=16.0, margin=0.2), None),  # an instance
+        (COSFACE_RECORD, None),  # a record, as checkpoints hold it
+        ({"class_path": "CosFace", "init_args": {"scale": 16.0, "margin": 0.2}}, None),  # the short class path
+    ],
+    ids=["name", "partial", "lambda", "instance", "record", "short"],
+)
+def test_every_head_form_builds_the_head_and_records_its_class_and_constructor_arguments(tmp_path, head, head_kwargs):
+    module = make_module(head=head, head_kwargs=head_kwargs)
+    assert type(module.head) is CosFace and (module.head.scale, module.head.margin) == (16.0, 0.2)
+    assert module.hparams["head"] == COSFACE_RECORD and "head_kwargs" not in module.hparams
+    # Plain data: a checkpoint's hyperparameters load with weights_only=True, and rebuild the head.
+    torch.save(dict(module.hparams), tmp_path / "hparams.pt")
+    loaded = torch.load(tmp_path / "hparams.pt", weights_only=True)
+    rebuilt = make_module(head=loaded["head"], head_kwargs=None)
+    assert type(rebuilt.head) is CosFace and rebuilt.head.margin == 0.2
+
+
+def test_the_record_keeps_constructor_values_when_a_schedule_moves_an_attribute():
+    module = make_module(head="arcface", head_kwargs={"scale": 16.0, "margin": 0.2})
+    module.head.margin = 0.0  # what HeadScheduler does at fit start
+    assert module.head.hparams == {"scale": 16.0, "margin": 0.2, "easy_margin": False}
+    assert module.hparams["head"]["init_args"]["margin"] == 0.2
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_a_heads_hparams_are_its_constructor_arguments_and_rebuild_it(name):
+    import inspect
+
+    head = create_head(name, embedding_size=8, num_classes=3)
+    cls = get_head_class(name)
+    parameters = inspect.signature(cls).parameters
+    expected = {key: p.default for key, p in parameters.items() if key not in ("embedding_size", "num_classes")}
+    assert head.hparams == expected  # created with no hyperparameters: every default
+    assert type(head)(8, 3, **head.hparams).hparams == expected
+
+
+def test_head_hparams_survive_copies_and_name_the_argument_not_the_attribute():
+    import copy
+    import pickle
+
+    head = Softmax(8, 3, bias=False)  # the attribute `bias` is a parameter (None here), the argument a flag
+    assert head.hparams == {"bias": False}
+    assert copy.deepcopy(head).hparams == pickle.loads(pickle.dumps(head)).hparams == {"bias": False}
+
+
+def test_checkpoints_from_before_the_record_still_load(tmp_path):
+    from lightning_margin import FaceEmbedder
+
+    module = MarginModule("test_resnet", num_classes=4, embedding_size=8, neck="fc_bn", input_size=32, head="cosface")
+    old = {
+        "backbone": "test_resnet",
+        "num_classes": 4,
+        "embedding_size": 8,
+        "neck": "fc_bn",
+        "input_size": 32,
+        "head": "cosface",
+        "head_kwargs": {"scale": 16.0, "margin": 0.2},
+    }
+    for name, hparams in (
+        ("python", old),
+        ("cli", {**old, "_instantiator": "lightning.pytorch.cli.instantiate_module"}),
+    ):
+        path = tmp_path / f"{name}.ckpt"
+        torch.save(
+            {"state_dict": module.state_dict(), "hyper_parameters": hparams, "pytorch-lightning_version": "2.6.0"}, path
+        )
+        loaded = MarginModule.load_from_checkpoint(path)
+        assert type(loaded.head) is CosFace and (loaded.head.scale, loaded.head.margin) == (16.0, 0.2), name
+        assert loaded.hparams["head"] == COSFACE_RECORD, name
+        with pytest.warns(UserWarning, match="no datamodule_hyper_parameters"):
+            embedder = FaceEmbedder.from_checkpoint(path)
+        assert (embedder.config["loss"], embedder.config["loss_kwargs"]) == ("cosface", {"scale": 16.0, "margin": 0.2})
+
+
+def test_bad_head_arguments_are_named():
+    with pytest.raises(ValueError, match="`head_kwargs` only applies to a head name"):
+        make_module(head=partial(CosFace, margin=0.2), head_kwargs={"scale": 16.0})
+    with pytest.raises(ValueError, match="must return a MarginHead, got Linear"):
+        make_module(head=lambda d, c: torch.nn.Linear(d, c), head_kwargs=None)
+    with pytest.raises(ValueError, match="no registered head class at 'my.Head'; available heads: .*cosface"):
+        make_module(head={"class_path": "my.Head"}, head_kwargs=None)
+    with pytest.raises(ValueError, match="needs a `class_path`"):
+        make_module(head={"init_args": {}}, head_kwargs=None)
+    with pytest.raises(ValueError, match="num_classes=5, but the module has num_classes=4"):
+        make_module(head=lambda d, c: ArcFace(d, 5), head_kwargs=None)

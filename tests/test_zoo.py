@@ -13,6 +13,7 @@ import yaml
 from lightning_margin.cli import MarginCLI
 from lightning_margin.data import FaceDataModule
 from lightning_margin.heads import list_heads
+from lightning_margin.heads.registry import recorded_head_name
 from lightning_margin.model_card import DEFAULT_TOLERANCE
 from lightning_margin.module import MarginModule
 from lightning_margin.verify import load_model, verify_models
@@ -30,7 +31,7 @@ SYNTHETIC = [
 
 
 def test_the_zoo_covers_every_loss_family() -> None:
-    heads = {yaml.safe_load(path.read_text())["model"]["head"] for path in CONFIGS}
+    heads = {recorded_head_name(yaml.safe_load(path.read_text())["model"]["head"]) for path in CONFIGS}
     assert heads <= set(list_heads())
     families = {"softmax", "sphereface", "cosface", "arcface", "combined"}
     modern = {"subcenter_arcface", "curricularface", "adaface", "magface"}
@@ -41,7 +42,7 @@ def test_the_zoo_covers_every_loss_family() -> None:
 def _recipe(config: dict) -> dict:
     """The config minus what may differ between losses: the head, its hyperparameters and the head's callbacks."""
     recipe = copy.deepcopy(config)
-    del recipe["model"]["head"], recipe["model"]["head_kwargs"]
+    del recipe["model"]["head"]
     callbacks = recipe["trainer"]["callbacks"]
     recipe["trainer"]["callbacks"] = [c for c in callbacks if not c["class_path"].startswith("lightning_margin")]
     return recipe

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +32,31 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
-class MarginHead(nn.Module):
+class _RecordsInitArguments:
+    """Keeps the constructor's arguments on the instance, bound before ``__init__`` runs (see ``MarginHead.hparams``).
+
+    ``__new__`` lives on this base, not on ``MarginHead``, so that ``inspect.signature`` of a head class still finds
+    the head's ``__init__`` (it prefers a ``__new__`` met first in the MRO).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        instance = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(instance, *args, **kwargs)
+        except TypeError:  # copy and pickle call __new__ without arguments, then restore __dict__ themselves
+            return instance
+        bound.apply_defaults()
+        arguments: dict[str, Any] = {}
+        for name, parameter in list(bound.signature.parameters.items())[1:]:
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(bound.arguments.get(name, {}))
+            elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+                arguments[name] = bound.arguments[name]
+        object.__setattr__(instance, "_init_arguments", arguments)  # before nn.Module.__init__: a plain attribute
+        return instance
+
+
+class MarginHead(_RecordsInitArguments, nn.Module):
     """A classifier over ``num_classes`` identities whose loss is softmax cross-entropy on margin-penalised logits.
 
     This class owns ``weight`` (``[num_classes * rows_per_class, embedding_size]``, :class:`torch.nn.Linear`'s
@@ -317,6 +343,22 @@ class MarginHead(nn.Module):
 
     def _hyperparameter_names(self) -> list[str]:
         return []
+
+    # ---- the head's record: what rebuilds it (configs, checkpoints, model cards) --------------------------------
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """The head's hyperparameters: the arguments it was constructed with, except ``embedding_size`` and
+        ``num_classes``, defaults included. Attributes that a schedule moves later (``margin``, ``lambda_``) keep
+        their constructor values here, so ``type(head)(embedding_size, num_classes, **head.hparams)`` rebuilds it.
+
+        Example:
+            >>> from lightning_margin.heads import ArcFace
+            >>> ArcFace(embedding_size=8, num_classes=4, margin=0.3).hparams
+            {'scale': 64.0, 'margin': 0.3, 'easy_margin': False}
+        """
+        arguments = getattr(self, "_init_arguments", {})
+        return {name: value for name, value in arguments.items() if name not in ("embedding_size", "num_classes")}
 
 
 class CosineMarginHead(MarginHead):
