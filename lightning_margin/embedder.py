@@ -26,8 +26,8 @@ from lightning_margin.backbones.factory import FACE_BACKBONES, build_backbone, f
 from lightning_margin.data.sources import source_crop
 from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, preprocess_face
 from lightning_margin.embedder_hub import EmbedderHubMixin
-from lightning_margin.images import ImageInput, to_image_tensors
 from lightning_margin.heads.registry import recorded_head_name
+from lightning_margin.images import ImageInput, to_image_tensors
 from lightning_margin.necks import create_neck, list_necks
 from lightning_margin.tta import embed as tta_embed
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -15,8 +14,8 @@ from torch import Tensor, nn
 from lightning_margin._validation import check_choice, check_integer
 from lightning_margin.backbones.factory import FACE_BACKBONES, build_backbone, feature_width
 from lightning_margin.heads import MarginHead, create_head
-from lightning_margin.metrics.functional import DEFAULT_FAR
 from lightning_margin.heads.registry import HeadCallable, head_class_from_path, head_config
+from lightning_margin.metrics.functional import DEFAULT_FAR
 from lightning_margin.necks import create_neck, list_necks
 
 __all__ = ["MarginModule", "default_optimizer"]
