@@ -9,6 +9,7 @@ or Lightning's ``Trainer``; ``lightning-margin fit --help`` lists them, ``--prin
 from __future__ import annotations
 
 import inspect
+import os
 import signal
 import sys
 from argparse import Action
@@ -115,6 +116,13 @@ class MarginCLI(LightningCLI):
         kwargs["parser_kwargs"] = parser_kwargs
         super().__init__(*args, **kwargs)
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except SIGTERMException as stop:
+            stop.resume_hint = stop_message(self.trainer)  # type: ignore[attr-defined]
+            raise
+
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         if self.subclass_mode_model or not issubclass(self._model_class, MarginModule):
             super().add_core_arguments_to_parser(parser)
@@ -156,6 +164,22 @@ class MarginCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
 
+def stop_message(trainer: Trainer | None) -> str:
+    """What a fit stopped by SIGTERM tells its user: whether a checkpoint exists, and what to run next."""
+    paths = [getattr(callback, "last_model_path", "") for callback in trainer.checkpoint_callbacks] if trainer else []
+    written = [path for path in paths if path and os.path.exists(path)]
+    if trainer is not None and not written:
+        return (
+            "stopped by SIGTERM before any checkpoint was written; the run is not finished. Run the same command "
+            "again to start it over (with `--ckpt_path last` it also starts from the beginning)."
+        )
+    where = f" The checkpoint is {written[0]}." if written else ""
+    return (
+        f"stopped by SIGTERM; the run is not finished.{where} Run the same command with `--ckpt_path last` to resume "
+        "(needs a ModelCheckpoint with save_on_exception=True or save_last=True)."
+    )
+
+
 def _tool(target: str) -> Callable[[list[str]], int]:
     module, _, function = target.partition(":")
     return getattr(import_module(module), function)
@@ -186,12 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": "lightning-margin"},
         )
-    except SIGTERMException:  # a SystemExit without a code: the process would report success
-        print(
-            "lightning-margin: stopped by SIGTERM; the run is not finished. Run the same command with "
-            "`--ckpt_path last` to resume (needs a ModelCheckpoint with save_on_exception=True or save_last=True).",
-            file=sys.stderr,
-        )
+    except SIGTERMException as stop:  # a SystemExit without a code: the process would report success
+        print(f"lightning-margin: {getattr(stop, 'resume_hint', stop_message(None))}", file=sys.stderr)
         return SIGTERM_EXIT_STATUS
     return 0
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,15 +49,19 @@ def fit_config(
     fault: dict | None = None,
     devices: int = 1,
     validate: bool = True,
+    stop: dict | None = None,
+    epochs: int | None = None,
 ) -> Path:
     """A ``lightning-margin fit`` config: a tiny timm backbone with BatchNorm, a dropout neck, SphereFace with Partial
     FC sampling, lambda annealing and a margin warm-up, a step LR schedule, flips and random shifts. ``devices > 1``:
-    DDP on CPU (gloo) with the head's classes sharded over the ranks."""
+    DDP on CPU (gloo) with the head's classes sharded over the ranks. ``stop``: a ``StopAt`` callback's arguments.
+    ``epochs``: train ``max_epochs`` epochs with the LR stepped per epoch (as the loss configs do) instead of
+    ``max_steps`` with the LR stepped per step."""
     callbacks: list[dict[str, Any]] = [
         {"class_path": "lightning_margin.callbacks.rng_state.RNGStateCheckpoint"},
         {"class_path": "lightning_margin.callbacks.SphereFaceAnnealing", "init_args": {"base": 100.0, "gamma": 0.1}},
         {
-            "class_path": "lightning_margin.callbacks.MarginScheduler",
+            "class_path": "lightning_margin.callbacks.HeadScheduler",
             "init_args": {"attribute": "margin", "start": 1, "end": 4, "warmup_steps": 45},
         },
     ]
@@ -65,6 +70,8 @@ def fit_config(
         callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": init_args})
     if fault is not None:
         callbacks.append({"class_path": "tests.scripts.resume_fit.FaultAtStep", "init_args": fault})
+    if stop is not None:
+        callbacks.append({"class_path": "tests.scripts.resume_fit.StopAt", "init_args": stop})
     callbacks.append({"class_path": "tests.scripts.resume_fit.StepRecorder", "init_args": {"path": str(record)}})
     config = {
         "seed_everything": 1234,
@@ -96,8 +103,7 @@ def fit_config(
             "neck": "bn_dropout_fc_bn",
             "dropout": 0.2,
             "input_size": 8,
-            "head": "sphereface",
-            "head_kwargs": {"margin": 1},
+            "head": {"class_path": "lightning_margin.heads.SphereFace", "init_args": {"margin": 1}},
             "sharded": devices > 1,  # Partial FC under DDP samples among each rank's own classes
             "sample_rate": 0.75,  # Partial FC: 12 of 16 classes per step, about half of them negatives
             "scheduler_interval": "step",
@@ -111,6 +117,10 @@ def fit_config(
             },
         },
     }
+    if epochs is not None:
+        config["trainer"]["max_steps"], config["trainer"]["max_epochs"] = -1, epochs
+        config["model"]["scheduler_interval"] = "epoch"
+        config["model"]["lr_scheduler"]["init_args"]["step_size"] = 1
     path = root / f"{record.stem}.yaml"
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config))
@@ -211,7 +221,8 @@ def fits(tmp_path_factory):
 
 
 def assert_same_run(resumed: dict[str, Any], reference: dict[str, Any], first_step: int) -> None:
-    assert min(resumed["steps"]) == first_step and max(resumed["steps"]) == STEPS - 1  # resumed, not restarted
+    # Resumed, not restarted, and to the same end.
+    assert min(resumed["steps"]) == first_step and max(resumed["steps"]) == max(reference["steps"])
     for step, seen in resumed["steps"].items():
         expected = reference["steps"][step]
         assert seen["epoch"] == expected["epoch"], step
@@ -219,9 +230,10 @@ def assert_same_run(resumed: dict[str, Any], reference: dict[str, Any], first_st
         assert torch.equal(seen["images"], expected["images"]), f"step {step}: other flips or shifts"
         assert seen["lambda_"] == expected["lambda_"] and seen["margin"] == expected["margin"], step
         assert seen["lr"] == expected["lr"], step
+        assert torch.equal(seen["rng"], expected["rng"]), f"step {step}: another global random stream"
         assert torch.equal(seen["sampled_classes"], expected["sampled_classes"]), f"step {step}: Partial FC sample"
     final, expected = resumed["final"], reference["final"]
-    assert final["global_step"] == expected["global_step"] == STEPS
+    assert final["global_step"] == expected["global_step"]
     assert final["state_dict"].keys() == expected["state_dict"].keys()
     for name, tensor in expected["state_dict"].items():  # parameters and buffers (BatchNorm statistics)
         assert torch.equal(final["state_dict"][name], tensor), name
@@ -524,3 +536,102 @@ def test_validation_leaves_the_training_stream_alone_with_the_callback(tmp_path,
 
     same = torch.equal(weights(validate=True), weights(validate=False))
     assert same == callback  # without it, each validation's DataLoader moves the dropout masks
+
+
+# ---- the stop-point matrix -----------------------------------------------------------------------------------
+# Every hook boundary of a short fit (32 batches per epoch, validation at each epoch end): stopped there by SIGTERM
+# (the checkpoint is written on the exception, or by the callback that was saving) or by SIGKILL after a periodic
+# checkpoint, then resumed with `--ckpt_path last`: the fit must end bitwise equal to the uninterrupted one.
+
+ON_EXCEPTION = {"save_on_exception": True}
+EVERY_16_STEPS = {"every_n_train_steps": 16, "save_top_k": -1}
+EVERY_EPOCH = {"every_n_epochs": 1, "save_top_k": -1}
+#: name -> (StopAt hook, global step at the hook, signal, checkpointing, train by epochs (None: max_steps), ranks)
+MATRIX: dict[str, tuple[str, int, str, dict, int | None, int]] = {
+    "sanity-check": ("on_validation_batch_end", 0, "SIGTERM", ON_EXCEPTION, None, 1),
+    "first-epoch-start": ("on_train_epoch_start", 0, "SIGTERM", ON_EXCEPTION, None, 1),
+    "batch-end": ("on_train_batch_end", 10, "SIGTERM", ON_EXCEPTION, None, 1),
+    "last-batch-end": ("on_train_batch_end", 32, "SIGTERM", ON_EXCEPTION, None, 1),
+    "epoch-end": ("on_train_epoch_end", 32, "SIGTERM", ON_EXCEPTION, None, 1),
+    "epoch-end-by-epochs": ("on_train_epoch_end", 32, "SIGTERM", ON_EXCEPTION, 3, 1),
+    "epoch-end-every-epoch-checkpoint": ("on_train_epoch_end", 32, "SIGTERM", EVERY_EPOCH, 3, 1),
+    "next-epoch-start": ("on_train_epoch_start", 32, "SIGTERM", ON_EXCEPTION, None, 1),
+    "inside-validation": ("on_validation_batch_end", 32, "SIGTERM", ON_EXCEPTION, None, 1),
+    "validation-end": ("on_validation_end", 32, "SIGTERM", ON_EXCEPTION, 3, 1),
+    "while-checkpointing": ("on_save_checkpoint", 32, "SIGTERM", EVERY_16_STEPS, None, 1),
+    "kill-mid-epoch": ("on_train_batch_end", 20, "SIGKILL", EVERY_16_STEPS, None, 1),
+    "kill-after-epoch-end-checkpoint": ("on_train_batch_end", 40, "SIGKILL", EVERY_EPOCH, 3, 1),
+    "kill-while-checkpointing": ("on_save_checkpoint", 32, "SIGKILL", EVERY_16_STEPS, None, 1),
+    "kill-inside-validation": ("on_validation_batch_end", 32, "SIGKILL", EVERY_16_STEPS, None, 1),
+    "ddp-batch-end": ("on_train_batch_end", 6, "SIGTERM", ON_EXCEPTION, None, 2),
+    "ddp-epoch-end": ("on_train_epoch_end", 16, "SIGTERM", ON_EXCEPTION, None, 2),
+    "ddp-kill-after-checkpoint": ("on_train_batch_end", 20, "SIGKILL", EVERY_16_STEPS, None, 2),
+}
+REPRESENTATIVE = "epoch-end"  # the cell of the default run: the stop that used to resume inexactly
+
+
+def _run_fit(config: Path, *arguments: str, stopped: bool = False) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_margin.cli", "fit", "--config", str(config), *arguments],
+        cwd=config.parent,
+        env=subprocess_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        start_new_session=True,  # its own process group: StopAt signals the group, not pytest
+    )
+    if not stopped:
+        assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _records(path: Path, devices: int) -> list[dict[str, Any]]:
+    if devices == 1:
+        return [torch.load(path, weights_only=False)]
+    return [torch.load(path.with_name(f"{path.stem}.rank{r}{path.suffix}"), weights_only=False) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def matrix_references(tmp_path_factory) -> Callable[[int | None, int], list[dict[str, Any]]]:
+    """The uninterrupted fit of each (epochs, ranks) setting, run once."""
+    root, cache = tmp_path_factory.mktemp("matrix-reference"), {}
+
+    def reference(epochs: int | None, devices: int) -> list[dict[str, Any]]:
+        if (epochs, devices) not in cache:
+            folder = root / f"epochs{epochs}-ranks{devices}"
+            _run_fit(fit_config(folder, folder / "record.pt", epochs=epochs, devices=devices))
+            cache[epochs, devices] = _records(folder / "record.pt", devices)
+        return cache[epochs, devices]
+
+    return reference
+
+
+def _matrix_params() -> list[Any]:
+    return [pytest.param(name, marks=() if name == REPRESENTATIVE else pytest.mark.slow, id=name) for name in MATRIX]
+
+
+@pytest.mark.parametrize("cell", _matrix_params())
+def test_a_fit_stopped_at_any_hook_boundary_resumes_bitwise(cell, tmp_path, matrix_references):
+    hook, step, signal_name, checkpoint, epochs, devices = MATRIX[cell]
+    common = {"checkpoint": checkpoint, "epochs": epochs, "devices": devices}
+    marker = tmp_path / "stopped_at"
+    stop = {"hook": hook, "step": step, "marker": str(marker), "signal": signal_name}
+    stopped = _run_fit(fit_config(tmp_path, tmp_path / "interrupted.pt", stop=stop, **common), stopped=True)
+    assert marker.exists(), f"the fit never reached {hook} at step {step}:\n{stopped.stderr[-3000:]}"
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if signal_name == "SIGKILL":
+        assert stopped.returncode == -signal.SIGKILL
+    else:
+        assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+        # The message says whether a checkpoint exists, and so what to run.
+        hint = "--ckpt_path last` to resume" if last.exists() else "before any checkpoint was written"
+        assert hint in stopped.stderr, stopped.stderr[-3000:]
+    first_step = torch.load(last, weights_only=True)["global_step"] if last.exists() else 0
+
+    resumed = _run_fit(fit_config(tmp_path, tmp_path / "resumed.pt", **common), "--ckpt_path", "last")
+    if not last.exists():  # a stop before the first checkpoint: the rerun starts from the beginning, no traceback
+        assert "Traceback" not in resumed.stderr
+    for ours, reference in zip(
+        _records(tmp_path / "resumed.pt", devices), matrix_references(epochs, devices), strict=True
+    ):
+        assert_same_run(ours, reference, first_step)
