@@ -14,6 +14,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 IMAGE_SIZE = 8
+# Head hyperparameters that keep every head in a regime where its margin matters (and L-Softmax/SphereFace's lambda
+# finite): the parallel tests compare each wrapped head with the plain one there.
+MARGIN_REGIME_HEAD_KWARGS: dict[str, dict[str, float]] = {
+    "sphereface": {"lambda_": 5.0},
+    "lsoftmax": {"margin": 2, "lambda_": 5.0},
+    "curricularface": {"momentum": 0.5},
+    "adaface": {"momentum": 0.5},
+    "magface": {"regularizer_weight": 5.0},
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -11,15 +11,9 @@ from lightning_margin.functional.angles import cosine_logits, target_cosine
 from lightning_margin.heads import ArcFace, create_head, list_heads
 from lightning_margin.parallel import ChunkedMarginHead, TensorMemoryTracker
 from lightning_margin.parallel.functional import chunked_logsumexp
+from tests.helpers import MARGIN_REGIME_HEAD_KWARGS
 
-# Values that keep every head in a regime where its margin matters (and LSoftmax/SphereFace's lambda is finite).
-HEAD_KWARGS = {
-    "sphereface": {"lambda_": 5.0},
-    "lsoftmax": {"margin": 2, "lambda_": 5.0},
-    "curricularface": {"momentum": 0.5},
-    "adaface": {"momentum": 0.5},
-    "magface": {"regularizer_weight": 5.0},
-}
+HEAD_KWARGS = MARGIN_REGIME_HEAD_KWARGS
 CLOSE = {"rtol": 1e-9, "atol": 1e-10}
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 from lightning_margin.functional import cosface_margin
 from lightning_margin.heads import CosineMarginHead, create_head, list_heads, register_head
 from lightning_margin.parallel import PartialFC, ShardedMarginHead
+from tests.helpers import MARGIN_REGIME_HEAD_KWARGS
 
 WORLD_SIZE = 2
 NUM_CLASSES = 11  # 6 classes on rank 0, 5 on rank 1
@@ -28,15 +29,7 @@ EMBEDDING_SIZE = 6
 BATCH_SIZES = (5, 3)
 CALLS = 2  # training-mode calls: the second one sees the statistics the first one moved
 USER_HEAD = "user_shifted_cosface"
-# Values that keep every head in a regime where its margin matters (and L-Softmax/SphereFace's lambda finite).
-HEAD_KWARGS = {
-    "sphereface": {"lambda_": 5.0},
-    "lsoftmax": {"margin": 2, "lambda_": 5.0},
-    "curricularface": {"momentum": 0.5},
-    "adaface": {"momentum": 0.5},
-    "magface": {"regularizer_weight": 5.0},
-    "subcenter_arcface": {"num_subcenters": 3},
-}
+HEAD_KWARGS = {**MARGIN_REGIME_HEAD_KWARGS, "subcenter_arcface": {"num_subcenters": 3}}
 # (wrapper, options) run on 2 ranks for every head.
 VARIANTS = [("sharded", {}), ("partial_fc", {"sample_rate": 1.0, "chunk_size": 2})]
 
