@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_margin._validation import check_choice, check_integer
-from lightning_margin.backbones.factory import FACE_BACKBONES, build_backbone, feature_width
+from lightning_margin.backbones.factory import build_backbone, feature_width, sized_backbone_kwargs
 from lightning_margin.data.sources import source_crop
 from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, preprocess_face
 from lightning_margin.embedder_hub import EmbedderHubMixin
@@ -156,10 +156,7 @@ class FaceEmbedder(
         self.std = tuple(float(value) for value in std)
         self.channel_order = channel_order
 
-        backbone_kwargs = dict(backbone_kwargs or {})
-        if backbone in FACE_BACKBONES:
-            # Same rule as MarginModule: their pooling layers are sized for the input. Recorded explicitly.
-            backbone_kwargs.setdefault("img_size", self.input_size)
+        backbone_kwargs = sized_backbone_kwargs(backbone, self.input_size, backbone_kwargs)  # recorded explicitly
         self.backbone = build_backbone(backbone, pretrained=False, **backbone_kwargs)
         in_features = feature_width(self.backbone, self.input_size, backbone_kwargs.get("in_chans", 3))
         # Dropout is a training-time layer: at inference every neck behaves the same with dropout 0.

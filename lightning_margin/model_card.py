@@ -10,6 +10,7 @@ folds, TAR@FAR, EER and AUC), then how the model was trained (the exact configur
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from lightning_margin.data.sources import parse_source
+from lightning_margin.data.sources import get_source_kind, parse_source
 from lightning_margin.evaluation import format_table
 
 __all__ = [
@@ -47,13 +48,6 @@ CARD_METRICS = ("accuracy", "accuracy_std", "eer", "auc")
 DEFAULT_TOLERANCE = 0.005
 # Digits kept in the card: far below any tolerance, and readable.
 _DIGITS = 6
-
-_DATASET_NAMES = {
-    "lfw:dev_test": "LFW View 1 DevTest",
-    "lfw:dev_train": "LFW View 1 DevTrain",
-    "lfw:10fold": "LFW View 2 (10 folds)",
-}
-_DATASET_IDS = {"lfw": "lfw"}
 
 
 @dataclass
@@ -118,11 +112,9 @@ def card_metric_names(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def _dataset_name(name: str, source: str) -> str:
-    pretty = _DATASET_NAMES.get(source)
-    if pretty is not None:
-        return pretty
     kind, argument = parse_source(source, "verification")
-    return f"{name} ({kind}{':' + Path(argument).name if argument and kind == 'bin' else ''})"
+    title = get_source_kind(kind).title
+    return title(name, argument) if title is not None else f"{name} ({kind})"
 
 
 def _number(value: Any) -> float:
@@ -147,11 +139,11 @@ def _eval_results(
                 EvalResult(
                     task_type=TASK_TYPE,
                     task_name=TASK_NAME,
-                    dataset_type=_DATASET_IDS.get(kind, kind),
+                    dataset_type=get_source_kind(kind).hub_dataset or kind,
                     dataset_name=_dataset_name(name, source),
                     # The set name keeps two sets of one kind (two .bin files) apart in the model-index.
                     dataset_config=name,
-                    dataset_split=argument if kind == "lfw" else None,
+                    dataset_split=argument if get_source_kind(kind).split else None,
                     dataset_args=args,
                     metric_type=metric,
                     metric_name=metric,
@@ -243,10 +235,11 @@ def build_model_card(
     loss = config.get("loss") or "margin"
     name = model_name or repo_id or f"{loss}-{config.get('backbone', 'model')}"
     kinds = {parse_source(source, "verification").kind for source in sets.values()}
-    datasets = sorted(_DATASET_IDS[kind] for kind in kinds if kind in _DATASET_IDS)
     training_data = ((config.get("training") or {}).get("data") or {}).get("train")
-    if isinstance(training_data, str) and training_data.startswith("lfw:"):
-        datasets = sorted({*datasets, "lfw"})
+    if isinstance(training_data, str):
+        with contextlib.suppress(ValueError):  # the card of a model trained on an unregistered kind still builds
+            kinds.add(parse_source(training_data).kind)
+    datasets = sorted({dataset for kind in kinds if (dataset := get_source_kind(kind).hub_dataset)})
     eval_results = _eval_results(results, sets, flip, num_folds) if results else None
     data = ModelCardData(
         library_name="lightning-margin",

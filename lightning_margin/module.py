@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lightning_margin._validation import check_choice, check_integer
-from lightning_margin.backbones.factory import FACE_BACKBONES, build_backbone, feature_width
+from lightning_margin.backbones.factory import build_backbone, feature_width, sized_backbone_kwargs
 from lightning_margin.heads import MarginHead, create_head
 from lightning_margin.heads.registry import HeadCallable, head_class_from_path, head_config
 from lightning_margin.metrics.functional import DEFAULT_FAR
@@ -111,9 +111,7 @@ class MarginModule(pl.LightningModule):
 
         backbone_kwargs = dict(backbone_kwargs or {})
         if isinstance(backbone, str):
-            if backbone in FACE_BACKBONES:
-                # Their pooling/GDC layers are sized for the input: tell them the size the data module produces.
-                backbone_kwargs.setdefault("img_size", self.input_size)
+            backbone_kwargs = sized_backbone_kwargs(backbone, self.input_size, backbone_kwargs)
             self.backbone = build_backbone(backbone, pretrained=pretrained, **backbone_kwargs)
         else:
             self.backbone = backbone

@@ -25,7 +25,7 @@ from typing import Any
 
 from lightning_margin._atomic import write_folder
 from lightning_margin.artifacts import CARD_NAME, load_embedder
-from lightning_margin.data.sources import default_verification_sets
+from lightning_margin.data.sources import default_verification_sets, parse_pairs
 from lightning_margin.embedder import FaceEmbedder
 from lightning_margin.embedder_hub import CONFIG_NAME, WEIGHTS_NAME
 from lightning_margin.evaluation import evaluate_embedder, format_table, write_metrics_json
@@ -33,7 +33,6 @@ from lightning_margin.export import ONNX_NAME, record_config_file, save_export
 from lightning_margin.hub import UploadError, push_folder
 from lightning_margin.metrics.functional import DEFAULT_FAR
 from lightning_margin.model_card import DEFAULT_TOLERANCE, build_model_card
-from lightning_margin.verify import parse_pairs
 
 __all__ = ["EXPORT_FILES", "METRICS_NAME", "PublishResult", "configured_sets", "main", "publish"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_margin.artifacts import fetch_artifact, load_card_results, load_embedder
-from lightning_margin.data.sources import verification_set_name
+from lightning_margin.data.sources import parse_pairs
 from lightning_margin.embedder import FaceEmbedder
 from lightning_margin.evaluation import evaluate_embedder, format_table, write_metrics_json
 from lightning_margin.hub import CorruptDownloadError
@@ -82,29 +82,6 @@ def load_model(source: str | os.PathLike[str], revision: str | None = None) -> L
     """
     path = fetch_artifact(source, revision)
     return LoadedModel(str(source), load_embedder(path), load_card_results(path))
-
-
-def parse_pairs(specs: Sequence[str]) -> dict[str, str]:
-    """``["lfw:dev_test", "agedb=bin:agedb_30.bin"]`` -> ``{"lfw_dev_test": "lfw:dev_test", "agedb": "bin:..."}``.
-
-    A plain source is named like the data module names its sets (``lfw:dev_test`` -> ``lfw_dev_test``,
-    ``bin:path/agedb_30.bin`` -> ``agedb_30``, ``synthetic:N`` -> ``synthetic``); ``NAME=SOURCE`` names it.
-
-    Example:
-        >>> parse_pairs(["lfw:dev_test", "mine=bin:/data/cfp_fp.bin"])
-        {'lfw_dev_test': 'lfw:dev_test', 'mine': 'bin:/data/cfp_fp.bin'}
-    """
-    sets: dict[str, str] = {}
-    for spec in specs:
-        name, separator, source = spec.partition("=")
-        if not separator:
-            name, source = "", spec
-        default_name = verification_set_name(source)  # also validates a named source
-        name = name or default_name
-        if name in sets:
-            raise ValueError(f"two verification sets are named {name!r}; name them with NAME=SOURCE")
-        sets[name] = source
-    return sets
 
 
 def verify_models(

@@ -546,9 +546,6 @@ def test_validation_leaves_the_training_stream_alone_with_the_callback(tmp_path,
 ON_EXCEPTION = {"save_on_exception": True}
 EVERY_16_STEPS = {"every_n_train_steps": 16, "save_top_k": -1}
 EVERY_EPOCH = {"every_n_epochs": 1, "save_top_k": -1}
-# 2-process DDP cells are not in the matrix yet: with StopAt under DDP the SIGTERM cells hung and the SIGKILL cell
-# never reached its stop point (issue 15 stays open for them); test_ddp_ranks_resume_bitwise_... covers a mid-epoch
-# DDP resume.
 #: name -> (StopAt hook, global step at the hook, signal, checkpointing, train by epochs (None: max_steps), ranks)
 MATRIX: dict[str, tuple[str, int, str, dict, int | None, int]] = {
     "sanity-check": ("on_validation_batch_end", 0, "SIGTERM", ON_EXCEPTION, None, 1),
@@ -566,6 +563,12 @@ MATRIX: dict[str, tuple[str, int, str, dict, int | None, int]] = {
     "kill-after-epoch-end-checkpoint": ("on_train_batch_end", 40, "SIGKILL", EVERY_EPOCH, 3, 1),
     "kill-while-checkpointing": ("on_save_checkpoint", 32, "SIGKILL", EVERY_16_STEPS, None, 1),
     "kill-inside-validation": ("on_validation_batch_end", 32, "SIGKILL", EVERY_16_STEPS, None, 1),
+    # 2-process DDP: 16 batches per epoch and rank. A SIGTERM is acted on at the next boundary all ranks agree on.
+    "ddp-batch-end": ("on_train_batch_end", 6, "SIGTERM", ON_EXCEPTION, None, 2),
+    "ddp-epoch-end": ("on_train_epoch_end", 16, "SIGTERM", ON_EXCEPTION, None, 2),
+    "ddp-inside-validation": ("on_validation_batch_end", 16, "SIGTERM", ON_EXCEPTION, None, 2),
+    "ddp-rank0-only": ("on_train_batch_end", 10, "SIGTERM-rank0", ON_EXCEPTION, None, 2),
+    "ddp-kill-after-checkpoint": ("on_train_batch_end", 20, "SIGKILL", EVERY_16_STEPS, None, 2),
 }
 REPRESENTATIVE = "epoch-end"  # the cell of the default run: the stop that used to resume inexactly
 

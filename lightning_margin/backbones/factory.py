@@ -17,10 +17,26 @@ from torch import nn
 import lightning_margin.backbones.iresnet
 import lightning_margin.backbones.mobilefacenet  # noqa: F401
 
-__all__ = ["FACE_BACKBONES", "build_backbone", "feature_width"]
+__all__ = ["FACE_BACKBONES", "build_backbone", "feature_width", "sized_backbone_kwargs"]
 
 #: The backbones this package registers in timm (they take ``img_size``: their pooling layers are sized for it).
 FACE_BACKBONES = frozenset(timm.list_models(module=["iresnet", "mobilefacenet"]))
+
+
+def sized_backbone_kwargs(name: str, input_size: int, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``timm.create_model`` arguments of backbone ``name`` for ``input_size`` images: ``kwargs`` plus, for our
+    face backbones, ``img_size=input_size`` (their pooling / GDC layers are sized for the input) unless given.
+
+    Training and inference both build backbones with these, and the embedder records them in its config.
+
+    Example:
+        >>> sized_backbone_kwargs("iresnet18", 96), sized_backbone_kwargs("resnet18", 96, {"in_chans": 1})
+        ({'img_size': 96}, {'in_chans': 1})
+    """
+    sized = dict(kwargs or {})
+    if name in FACE_BACKBONES:
+        sized.setdefault("img_size", input_size)
+    return sized
 
 
 def build_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:

@@ -14,6 +14,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
+from lightning_margin.callbacks._sigterm import AgreedSigterm
+
 __all__ = ["RNGStateCheckpoint", "collect_rng_states", "finish_epoch_end_checkpoint", "set_rng_states"]
 
 
@@ -93,6 +95,10 @@ class RNGStateCheckpoint(Callback):
     calls on every rank) and each rank gets its own back; resuming on another number of ranks gives rank ``r``
     the state saved by rank ``r % saved_ranks`` (with a warning).
 
+    Under DDP it also makes a SIGTERM stop every rank at the same batch boundary (see
+    :class:`~lightning_margin.callbacks._sigterm.AgreedSigterm`): Lightning's own handling can leave the ranks in
+    mismatched collectives or stopped at different batches.
+
     Randomness inside DataLoader workers is not a global state of this process: use
     :class:`~lightning_margin.data.sampler.ResumableDataLoader`, which seeds every sample.
 
@@ -108,14 +114,17 @@ class RNGStateCheckpoint(Callback):
         self._training_states: dict[str, Any] | None = None  # the stream the next training step continues
         self._loaded: list[dict[str, Any]] | None = None  # every rank's states from a checkpoint, until restored
         self._before_sanity_check: dict[str, Any] | None = None
+        self._sigterm = AgreedSigterm()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = trainer
         self._training_states = None
+        self._sigterm = AgreedSigterm()
 
     # ---- restoring and keeping the training stream apart ------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sigterm.install(trainer)
         if self._loaded is not None:
             saved = len(self._loaded)
             if saved != trainer.world_size:
@@ -134,8 +143,16 @@ class RNGStateCheckpoint(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         self._training_states = collect_rng_states()
+        self._sigterm.agree(trainer)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._sigterm.agree(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sigterm.agree(trainer)
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sigterm.install(trainer)
         self._before_sanity_check = collect_rng_states()
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -26,7 +26,7 @@ more registration.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -49,6 +49,7 @@ __all__ = [
     "default_verification_sets",
     "get_source_kind",
     "list_source_kinds",
+    "parse_pairs",
     "parse_source",
     "register_source_kind",
     "resolve_data_root",
@@ -110,6 +111,10 @@ class SourceKind:
         default_verification_sets: ``argument -> {name: source}``, the verification sets of a training run on this
             kind when none are configured.
         set_name: ``argument -> name`` of a verification set of this kind named by its source only.
+        hub_dataset: The Hub dataset id that model cards list for this kind (``None``: none).
+        title: ``(set name, argument) -> readable name`` of a set of this kind (model cards); ``None``:
+            ``"NAME (KIND)"``.
+        split: Whether the argument is a split of the dataset (recorded as the card's ``dataset_split``).
     """
 
     name: str
@@ -119,6 +124,9 @@ class SourceKind:
     crop: CropSetting = "crop_size"
     default_verification_sets: Callable[[str], dict[str, str]] = field(default=lambda argument: {})
     set_name: Callable[[str], str] | None = None
+    hub_dataset: str | None = None
+    title: Callable[[str, str], str] | None = None
+    split: bool = False
 
 
 _KINDS: dict[str, SourceKind] = {}
@@ -232,6 +240,29 @@ def verification_set_name(spec: str) -> str:
     return name(argument) if name is not None else kind
 
 
+def parse_pairs(specs: Sequence[str]) -> dict[str, str]:
+    """``["lfw:dev_test", "agedb=bin:agedb_30.bin"]`` -> ``{"lfw_dev_test": "lfw:dev_test", "agedb": "bin:..."}``.
+
+    A plain source is named like the data module names its sets (``lfw:dev_test`` -> ``lfw_dev_test``,
+    ``bin:path/agedb_30.bin`` -> ``agedb_30``, ``synthetic:N`` -> ``synthetic``); ``NAME=SOURCE`` names it.
+
+    Example:
+        >>> parse_pairs(["lfw:dev_test", "mine=bin:/data/cfp_fp.bin"])
+        {'lfw_dev_test': 'lfw:dev_test', 'mine': 'bin:/data/cfp_fp.bin'}
+    """
+    sets: dict[str, str] = {}
+    for spec in specs:
+        name, separator, source = spec.partition("=")
+        if not separator:
+            name, source = "", spec
+        default_name = verification_set_name(source)  # also validates a named source
+        name = name or default_name
+        if name in sets:
+            raise ValueError(f"two verification sets are named {name!r}; name them with NAME=SOURCE")
+        sets[name] = source
+    return sets
+
+
 def resolve_data_root(data_root: str | os.PathLike[str] | None) -> Path | None:
     """The explicit ``data_root``, else ``$LIGHTNING_MARGIN_DATA``, else ``None``.
 
@@ -321,6 +352,9 @@ def _check_count(spec: str, argument: str) -> None:
         raise ValueError(f"{spec!r}: 'synthetic:N' needs a positive integer N")
 
 
+_LFW_TITLES = {"dev_test": "LFW View 1 DevTest", "dev_train": "LFW View 1 DevTrain", "10fold": "LFW View 2 (10 folds)"}
+
+
 def _check_lfw_split(spec: str, argument: str) -> None:
     if argument not in LFW_SPLITS:
         raise ValueError(f"{spec!r}: the LFW split must be one of {', '.join(LFW_SPLITS)} (e.g. 'lfw:dev_test')")
@@ -364,6 +398,9 @@ register_source_kind(
         # View 1: DevTest holds people DevTrain does not.
         default_verification_sets=lambda argument: {"lfw_dev_test": "lfw:dev_test"} if argument == "dev_train" else {},
         set_name=lambda argument: f"lfw_{argument}",
+        hub_dataset="lfw",
+        title=lambda name, argument: _LFW_TITLES.get(argument, name),
+        split=True,
     )
 )
 register_source_kind(
@@ -394,5 +431,6 @@ register_source_kind(
             _path(argument, options.data_root), transform=options.transform
         ),
         set_name=lambda argument: Path(argument).stem,
+        title=lambda name, argument: f"{name} (bin:{Path(argument).name})",
     )
 )

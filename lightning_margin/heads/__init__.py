@@ -13,7 +13,15 @@ from lightning_margin.heads.cosface import CosFace
 from lightning_margin.heads.curricularface import CurricularFace
 from lightning_margin.heads.lsoftmax import LSoftmax
 from lightning_margin.heads.magface import MagFace
-from lightning_margin.heads.registry import create_head, get_head_class, list_heads, register_head
+from lightning_margin.heads.registry import (
+    HeadCallable,
+    create_head,
+    get_head_class,
+    get_head_name,
+    head_config,
+    list_heads,
+    register_head,
+)
 from lightning_margin.heads.softmax import ModifiedSoftmax, NormFace, Softmax
 from lightning_margin.heads.sphereface import SphereFace
 from lightning_margin.heads.subcenter_arcface import SubCenterArcFace
@@ -25,6 +33,7 @@ __all__ = [
     "CosFace",
     "CosineMarginHead",
     "CurricularFace",
+    "HeadCallable",
     "LSoftmax",
     "MagFace",
     "MarginHead",
@@ -35,6 +44,8 @@ __all__ = [
     "SubCenterArcFace",
     "create_head",
     "get_head_class",
+    "get_head_name",
+    "head_config",
     "list_heads",
     "register_head",
 ]

@@ -44,13 +44,14 @@ class FaultAtStep(Callback):
 
 
 class StopAt(Callback):
-    """Signals this process at a hook boundary: the ``occurrence``-th call (1-based) of ``hook`` where
-    ``trainer.global_step == step`` (any step when ``step`` is ``None``).
+    """Signals the fit at a hook boundary: the ``occurrence``-th call (1-based) of ``hook`` where
+    ``trainer.global_step == step`` (any step when ``step`` is ``None``). Rank 0 sends it; the other ranks only count.
 
-    ``signal="SIGTERM"`` is sent to the whole process group on rank 0 of a one-process fit (as a scheduler does: the
-    DataLoader workers get it too) and to each rank itself under DDP (every rank reaches the hook in program order, so
-    all of them stop at the same boundary). ``signal="SIGKILL"`` kills the process group at once. ``marker`` is
-    written first, so the test knows the stop point was reached.
+    ``signal="SIGTERM"`` goes to the whole process group, as a scheduler sends it (every DDP rank and DataLoader
+    worker gets it, each at its own point of the step);
+    ``"SIGTERM-rank0"`` to rank 0's process only, as ``docker stop`` sends it to the container's first process.
+    ``signal="SIGKILL"`` kills the process group at once. ``marker`` is written first, so the test knows the stop
+    point was reached.
     """
 
     HOOKS = (
@@ -65,9 +66,13 @@ class StopAt(Callback):
         "on_save_checkpoint",
     )
 
+    SIGNALS = ("SIGTERM", "SIGTERM-rank0", "SIGKILL")
+
     def __init__(self, hook: str, step: int | None, marker: str, signal: str = "SIGTERM", occurrence: int = 1) -> None:
         if hook not in self.HOOKS:
             raise ValueError(f"hook must be one of {self.HOOKS}, got {hook!r}")
+        if signal not in self.SIGNALS:
+            raise ValueError(f"signal must be one of {self.SIGNALS}, got {signal!r}")
         self.hook, self.step, self.marker, self.signal, self.occurrence = hook, step, Path(marker), signal, occurrence
         self.calls = 0
         for name in self.HOOKS:
@@ -80,11 +85,12 @@ class StopAt(Callback):
         self.calls += 1
         if self.calls != self.occurrence:
             return
-        if trainer.global_rank == 0:
-            self.marker.write_text(f"{self.hook} {trainer.global_step}")
+        if trainer.global_rank != 0:
+            return
+        self.marker.write_text(f"{self.hook} {trainer.global_step}")
         if self.signal == "SIGKILL":
             os.killpg(os.getpgrp(), signal.SIGKILL)
-        elif trainer.world_size > 1:
+        elif self.signal == "SIGTERM-rank0":
             os.kill(os.getpid(), signal.SIGTERM)
         else:
             os.killpg(os.getpgrp(), signal.SIGTERM)
