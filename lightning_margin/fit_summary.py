@@ -2,15 +2,17 @@
 
 ``lightning-margin fit`` ends (finished, stopped by SIGTERM or Ctrl-C, or stopped by
 :class:`~lightning_margin.callbacks.NonFiniteGuard`) with one short summary, printed on rank 0 and written as
-``summary.json`` beside the checkpoints::
+``summary.json`` beside the checkpoints (the quick start's, shortened)::
 
     lightning-margin fit finished at step 15 (3 epochs)
-      validation metric        last (step)      best (step)
-      val/synthetic/accuracy   0.9650 (15)      0.9700 (10)
-      val/synthetic/eer        0.0350 (15)      0.0300 (10)   lower is better
-    ...
+      validation metric            last (step)    best (step)
+      val/synthetic/accuracy       0.7000 (15)    0.7700 (5)
+      val/synthetic/eer            0.2300 (15)    0.2200 (5)     lower is better
+    last checkpoint: checkpoints/quickstart/last.ckpt
+    summary: checkpoints/quickstart/summary.json
     next:
       lightning-margin export checkpoints/quickstart/last.ckpt checkpoints/quickstart/embedder --config ...
+      lightning-margin verify --model checkpoints/quickstart/embedder --pairs synthetic
 
 The values come from :class:`~lightning_margin.callbacks.MetricHistory`; the rules live here, one function each:
 which direction is better for a metric (:func:`higher_is_better`), where the last and best checkpoints are
@@ -359,7 +361,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         no checkpoint was written
         summary: ckpt/summary.json
     """
-    lines = [f"{PROGRAM} fit {summary['status']} at step {summary['step']} ({summary['epochs']} epochs)"]
+    epochs = f"{summary['epochs']} epoch{'' if summary['epochs'] == 1 else 's'}"
+    lines = [f"{PROGRAM} fit {summary['status']} at step {summary['step']} ({epochs})"]
     rows = [(name, entry) for name, entry in summary["metrics"].items() if entry["higher_is_better"] is not None]
     if rows:
         width = max(len("validation metric"), *(len(name) for name, _ in rows))

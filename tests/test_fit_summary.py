@@ -346,7 +346,7 @@ def test_a_stopped_fit_says_how_to_resume(tmp_path, how, raised, status, step):
     resume = shlex.join(["lightning-margin", *args, "--ckpt_path", "last"])
     assert summary["commands"][-1] == resume
     printed = run["printed"]
-    assert printed.count(f"lightning-margin fit {status} at step {step} (1 epochs)") == 1 and resume in printed
+    assert printed.count(f"lightning-margin fit {status} at step {step} (1 epoch)") == 1 and resume in printed
     assert summary["checkpoints"] == {"last": str(CHECKPOINTS / "last.ckpt"), "best": []}  # save_on_exception
     # The validation at step 2 (the end of epoch 0) is in the summary and in the checkpoint, for the resumed run.
     assert summary["metrics"]["val/synthetic/accuracy"]["last"]["step"] == 2
