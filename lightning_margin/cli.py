@@ -9,18 +9,20 @@ or Lightning's ``Trainer``; ``lightning-margin fit --help`` lists them, ``--prin
 from __future__ import annotations
 
 import inspect
-import os
 import signal
 import sys
 from argparse import Action
 from collections.abc import Callable, Sequence
 from importlib import import_module
+from typing import Any
 
 from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_margin.callbacks.metric_history import MetricHistory
+from lightning_margin.fit_summary import FINISHED, last_checkpoint, report_fit, stop_status
 from lightning_margin.heads.registry import HeadCallable, get_head_class
 from lightning_margin.module import MarginModule
 
@@ -100,11 +102,17 @@ class MarginCLI(LightningCLI):
     (``--model.head.help ArcFace`` lists its typed arguments, ``--model.head.init_args.margin 0.4`` sets one).
     ``head_kwargs`` (Python's companion of a head name) is not a CLI argument.
 
-    The resolved config is saved next to the logs and logged to every logger (:class:`LoggedConfig`).
+    The resolved config is saved next to the logs and logged to every logger (:class:`LoggedConfig`). ``fit`` records
+    the validation metrics (:class:`~lightning_margin.callbacks.MetricHistory`, added when the config has none) and
+    ends, finished or stopped (SIGTERM, Ctrl-C, ``NonFiniteGuard``), with the summary of
+    :func:`~lightning_margin.fit_summary.report_fit`: last and best metrics, checkpoints, next commands.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("save_config_callback", LoggedConfig)
+        given = kwargs.get("args")
+        # The command's arguments, repeated in the end-of-fit summary's resume command.
+        self.command_args = [str(arg) for arg in given] if isinstance(given, list | tuple) else sys.argv[1:]
         # argparse's usage line would list all ~90 options again above their help: name the groups instead.
         parser_kwargs = {
             key: dict(value) if isinstance(value, dict) else value
@@ -119,9 +127,21 @@ class MarginCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         try:
             super()._run_subcommand(subcommand)
-        except SIGTERMException as stop:
-            stop.resume_hint = stop_message(self.trainer)  # type: ignore[attr-defined]
+        except BaseException as stop:
+            if isinstance(stop, SIGTERMException):
+                stop.resume_hint = stop_message(self.trainer)  # type: ignore[attr-defined]
+            status = stop_status(stop)
+            if subcommand == "fit" and status is not None:
+                report_fit(self.trainer, status, self.command_args)
             raise
+        if subcommand == "fit":
+            report_fit(self.trainer, FINISHED, self.command_args)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        configured = [*(config.get("callbacks") or []), *callbacks]
+        if not any(isinstance(callback, MetricHistory) for callback in configured):
+            callbacks = [*callbacks, MetricHistory()]  # the end-of-fit summary reads it
+        return super()._instantiate_trainer(config, callbacks)
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         if self.subclass_mode_model or not issubclass(self._model_class, MarginModule):
@@ -166,14 +186,13 @@ class MarginCLI(LightningCLI):
 
 def stop_message(trainer: Trainer | None) -> str:
     """What a fit stopped by SIGTERM tells its user: whether a checkpoint exists, and what to run next."""
-    paths = [getattr(callback, "last_model_path", "") for callback in trainer.checkpoint_callbacks] if trainer else []
-    written = [path for path in paths if path and os.path.exists(path)]
-    if trainer is not None and not written:
+    written = last_checkpoint(trainer)
+    if trainer is not None and written is None:
         return (
             "stopped by SIGTERM before any checkpoint was written; the run is not finished. Run the same command "
             "again to start it over (with `--ckpt_path last` it also starts from the beginning)."
         )
-    where = f" The checkpoint is {written[0]}." if written else ""
+    where = f" The checkpoint is {written}." if written else ""
     return (
         f"stopped by SIGTERM; the run is not finished.{where} Run the same command with `--ckpt_path last` to resume "
         "(needs a ModelCheckpoint with save_on_exception=True or save_last=True)."

@@ -15,7 +15,7 @@ from lightning_margin._validation import check_choice, check_integer
 from lightning_margin.backbones.factory import build_backbone, feature_width, sized_backbone_kwargs
 from lightning_margin.heads import MarginHead, create_head
 from lightning_margin.heads.registry import HeadCallable, head_class_from_path, head_config
-from lightning_margin.metrics.functional import DEFAULT_FAR
+from lightning_margin.metrics.functional import DEFAULT_FAR, MAIN_METRIC
 from lightning_margin.necks import create_neck, list_necks
 
 __all__ = ["MarginModule", "default_optimizer"]
@@ -254,6 +254,9 @@ class MarginModule(pl.LightningModule):
                 metric.reset()
                 continue
             values = {f"{prefix}/{name}/{key}": value for key, value in results.items() if _is_scalar(value)}
+            main = f"{prefix}/{name}/{MAIN_METRIC}"
+            if main in values:  # the progress bar shows what the run is for
+                self.log(main, values.pop(main), prog_bar=True, add_dataloader_idx=False, sync_dist=False)
             self.log_dict(values, add_dataloader_idx=False, sync_dist=False)
             metric.reset()
 

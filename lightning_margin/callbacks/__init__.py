@@ -1,8 +1,9 @@
-"""Lightning callbacks: head hyperparameter schedules, numerical safety, θ-distribution and ROC figures, export."""
+"""Lightning callbacks: head hyperparameter schedules, numerical safety, θ and ROC figures, export, metric history."""
 
 from lightning_margin.callbacks.embedder_artifact import EmbedderArtifact
 from lightning_margin.callbacks.head_scheduler import HeadScheduler
 from lightning_margin.callbacks.hyperparameter_schedule import HeadHyperparameterSchedule
+from lightning_margin.callbacks.metric_history import MetricHistory
 from lightning_margin.callbacks.nonfinite_diagnostics import NonFiniteError
 from lightning_margin.callbacks.nonfinite_guard import NonFiniteGuard
 from lightning_margin.callbacks.rng_state import RNGStateCheckpoint
@@ -14,6 +15,7 @@ __all__ = [
     "EmbedderArtifact",
     "HeadHyperparameterSchedule",
     "HeadScheduler",
+    "MetricHistory",
     "NonFiniteError",
     "NonFiniteGuard",
     "RNGStateCheckpoint",

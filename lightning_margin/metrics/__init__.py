@@ -8,6 +8,7 @@ whose states synchronise across processes by concatenation.
 from lightning_margin.metrics.accuracy import VerificationAccuracy
 from lightning_margin.metrics.functional import (
     DEFAULT_FAR,
+    MAIN_METRIC,
     cosine_scores,
     equal_error_rate,
     roc_auc,
@@ -24,6 +25,7 @@ from lightning_margin.metrics.verification import VerificationMetrics
 __all__ = [
     "DEFAULT_FAR",
     "EER",
+    "MAIN_METRIC",
     "PairScoreMetric",
     "TARAtFAR",
     "VerificationAUC",

@@ -26,6 +26,7 @@ from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 __all__ = [
     "DEFAULT_FAR",
+    "MAIN_METRIC",
     "cosine_scores",
     "equal_error_rate",
     "roc_auc",
@@ -39,6 +40,9 @@ __all__ = [
 #: The false accept rate(s) TAR@FAR is reported at unless told otherwise: training logs, ``verify``, ``publish`` and
 #: the model cards (whose ``tar@far=1e-3`` column every zoo card records) all use this one default.
 DEFAULT_FAR: tuple[float, ...] = (1e-3,)
+#: The key of :func:`verification_metrics` a verification set is known by (LFW's 10-fold accuracy): the one training
+#: shows in its progress bar.
+MAIN_METRIC = "accuracy"
 
 
 # ----------------------------------------------------------------------------------------------------------------
