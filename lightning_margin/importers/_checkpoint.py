@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -117,24 +118,26 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         with torch.serialization.safe_globals(_stand_ins()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        named = _named_globals(path)
-        stand_ins = {name for entry in _stand_ins() if isinstance(entry, tuple) for name in [entry[1]]}
-        refused = [name for name in named if name not in stand_ins and not name.startswith(("torch.", "numpy."))]
-        what = f"names {', '.join(refused)}" if refused else f"was refused by the safe unpickler ({_reason(error)})"
+        stand_ins = {entry[1] for entry in _stand_ins() if isinstance(entry, tuple)}
+        named = [name for name in _named_globals(path) if name not in stand_ins and not name.startswith("torch.")]
         raise UnsafeCheckpointError(
-            f"{path}: refused to load: its pickle {what}, which loading would construct or call. Only tensors, "
-            "numbers, strings and plain containers are read from other projects' checkpoints, and nothing in this "
-            "file was run. If you trust the file, load it in your own code and torch.save() its state_dict()."
+            f"{path}: refused to load: its pickle {_refusal(named, error)}. Only tensors, numbers, strings and plain "
+            "containers are read from other projects' checkpoints, and nothing in this file was run. If you trust "
+            "the file, load it in your own code and torch.save() its state_dict()."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
 
 
-def _reason(error: Exception) -> str:
-    for line in str(error).splitlines():
-        if "Unsupported" in line or "WeightsUnpickler error" in line:
-            return line.strip()
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+def _refusal(named: Sequence[str], error: Exception) -> str:
+    """What the pickle asked for, from the globals it names or the safe unpickler's message."""
+    found = named or re.findall(r"Unsupported global: GLOBAL (\S+)", str(error))
+    if found:
+        return f"names {', '.join(found)}, which loading would construct or call"
+    operand = re.search(r"Unsupported operand (\d+)", str(error))
+    if operand:
+        return f"uses a pickle instruction the safe unpickler does not run (opcode {operand[1]})"
+    return "was refused by the safe unpickler"
 
 
 class KeyMismatch(NamedTuple):
@@ -155,19 +158,32 @@ def key_mismatch(expected: Mapping[str, Sequence[int]], given: Mapping[str, Sequ
         >>> key_mismatch({"a": (2,), "b": (3, 4)}, {"b": (4, 3), "c": ()})
         KeyMismatch(missing=['a'], unexpected=['c'], mis_shaped=[('b', (4, 3), (3, 4))])
     """
-    missing = sorted(set(expected) - set(given))
-    unexpected = sorted(set(given) - set(expected))
+    missing = sorted(set(expected) - set(given), key=_natural)
+    unexpected = sorted(set(given) - set(expected), key=_natural)
     mis_shaped = [
         (key, tuple(given[key]), tuple(expected[key]))
-        for key in sorted(set(expected) & set(given))
+        for key in sorted(set(expected) & set(given), key=_natural)
         if tuple(given[key]) != tuple(expected[key])
     ]
     return KeyMismatch(missing, unexpected, mis_shaped)
 
 
+def _natural(key: str) -> list[Any]:
+    """Sort key that orders ``body.8`` before ``body.10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split(".")]
+
+
 def _listing(items: Sequence[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return f"{shown}, ... ({len(items) - limit} more)" if len(items) > limit else shown
+
+
+def _modules(keys: Sequence[str]) -> list[str]:
+    """Keys grouped by the module holding them: ``a.bn.weight, a.bn.bias`` -> ``a.bn.*``; a lone key stays whole."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key.rpartition(".")[0], []).append(key)
+    return [members[0] if len(members) == 1 else f"{prefix}.*" for prefix, members in groups.items()]
 
 
 def load_checked(
@@ -193,8 +209,9 @@ def load_checked(
         guess: The architecture the file's shapes point to, if known.
 
     Raises:
-        CheckpointMismatchError: listing, in the file's key names, the missing, unexpected and mis-shaped keys (at
-            most 8 of each, with counts) and, if ``guess`` differs from ``arch``, the architecture to try.
+        CheckpointMismatchError: listing, in the file's key names, the missing and unexpected keys (grouped by
+            module: ``layer1.2.bn1.*``) and the mis-shaped ones, at most 8 of each with their counts, and, if
+            ``guess`` differs from ``arch``, the architecture to try.
 
     Example:
         >>> layer = nn.Linear(3, 2)
@@ -212,12 +229,12 @@ def load_checked(
     if mismatch:
         parts = []
         if mismatch.missing:
-            parts.append(f"{len(mismatch.missing)} missing: {_listing(mismatch.missing)}")
+            parts.append(f"{len(mismatch.missing)} missing keys: {_listing(_modules(mismatch.missing))}")
         if mismatch.unexpected:
-            parts.append(f"{len(mismatch.unexpected)} unexpected: {_listing(mismatch.unexpected)}")
+            parts.append(f"{len(mismatch.unexpected)} unexpected keys: {_listing(_modules(mismatch.unexpected))}")
         if mismatch.mis_shaped:
             shapes = [f"{key} {list(got)} (expected {list(want)})" for key, got, want in mismatch.mis_shaped]
-            parts.append(f"{len(mismatch.mis_shaped)} mis-shaped: {_listing(shapes)}")
+            parts.append(f"{len(mismatch.mis_shaped)} mis-shaped keys: {_listing(shapes)}")
         hint = f"; its shapes look like {guess!r}: try --arch {guess}" if guess and guess != arch else ""
         raise CheckpointMismatchError(f"{file} does not fit arch {arch!r}: {'; '.join(parts)}{hint}")
     model.load_state_dict({key: weights[names[key]] for key in expected}, strict=True)

@@ -33,7 +33,14 @@ from lightning_margin.importers._checkpoint import read_checkpoint
 from lightning_margin.importers.insightface import INSIGHTFACE_PREPROCESSING
 from lightning_margin.importers.registry import ImportedWeights, imported_record, register_importer
 
-__all__ = ["ADAFACE_ARCHS", "ADAFACE_LICENSE", "adaface_key", "guess_adaface_arch", "import_adaface"]
+__all__ = [
+    "ADAFACE_ARCHS",
+    "ADAFACE_LICENSE",
+    "adaface_config",
+    "adaface_key",
+    "guess_adaface_arch",
+    "import_adaface",
+]
 
 #: AdaFace's ``net.build_model`` names; each is also our timm backbone name.
 ADAFACE_ARCHS: tuple[str, ...] = tuple(ADAFACE_IR)
@@ -169,7 +176,23 @@ def import_adaface(checkpoint: str | os.PathLike[str], arch: str = "auto") -> Im
         weights.setdefault(f"{_NECK_NORM}.bias", torch.zeros_like(running_mean))
     linear = weights.get(f"{_PREFIX}{_NECK['1']}.weight")
     embedding_size = int(linear.shape[0]) if linear is not None and linear.ndim == 2 else 512
-    config = {
+    details = {"dropped": dropped or None, "epoch": content.get("epoch"), "global_step": content.get("global_step")}
+    config = adaface_config(arch, embedding_size, path.name, **details)
+    return ImportedWeights(config, weights, str(path), arch, adaface_key(arch), guess)
+
+
+def adaface_config(arch: str, embedding_size: int = 512, file: str = "model.ckpt", **details: Any) -> dict[str, Any]:
+    """The :class:`~lightning_margin.FaceEmbedder` arguments of an AdaFace network; ``details`` join the record.
+
+    Example:
+        >>> config = adaface_config("ir_se_50")
+        >>> config["backbone"], config["neck"], config["channel_order"], config["alignment"]
+        ('ir_se_50', 'fc_bn', 'BGR', 'arcface')
+    """
+    allowed = list(ADAFACE_ARCHS)
+    if arch not in allowed:
+        raise ValueError(f"`arch` must be one of {', '.join(map(repr, allowed))}; got {arch!r}")
+    return {
         "backbone": arch,
         "embedding_size": embedding_size,
         "neck": "fc_bn",
@@ -178,14 +201,6 @@ def import_adaface(checkpoint: str | os.PathLike[str], arch: str = "auto") -> Im
         "channel_order": "BGR",
         "loss": "adaface",
         "training": imported_record(
-            "adaface",
-            path.name,
-            arch,
-            ADAFACE_LICENSE,
-            url="https://github.com/mk-minchul/AdaFace",
-            dropped=dropped or None,
-            epoch=content.get("epoch"),
-            global_step=content.get("global_step"),
+            "adaface", file, arch, ADAFACE_LICENSE, url="https://github.com/mk-minchul/AdaFace", **details
         ),
     }
-    return ImportedWeights(config, weights, str(path), arch, adaface_key(arch), guess)

@@ -37,6 +37,7 @@ __all__ = [
     "INSIGHTFACE_PREPROCESSING",
     "guess_insightface_arch",
     "import_insightface",
+    "insightface_config",
     "insightface_key",
     "strip_prefix",
 ]
@@ -239,10 +240,22 @@ def import_insightface(checkpoint: str | os.PathLike[str], arch: str = "auto") -
                 "pass --arch explicitly to see which keys differ"
             )
         arch = guess
+    config = insightface_config(arch, _embedding_size(weights, arch), path.name)
+    return ImportedWeights(config, weights, str(path), arch, insightface_key(arch), guess)
+
+
+def insightface_config(arch: str, embedding_size: int = 512, file: str = "backbone.pth") -> dict[str, Any]:
+    """The :class:`~lightning_margin.FaceEmbedder` arguments of an insightface network.
+
+    Example:
+        >>> config = insightface_config("r50")
+        >>> config["backbone"], config["neck"], config["backbone_kwargs"], config["channel_order"]
+        ('iresnet50', 'fc_bn', {'global_pool': 'flatten'}, 'RGB')
+    """
+    _check_arch(arch, list(INSIGHTFACE_ARCHS))
     backbone = INSIGHTFACE_ARCHS[arch]
-    embedding_size = _embedding_size(weights, arch)
     mbf = backbone.startswith("mbf")
-    config = {
+    return {
         "backbone": backbone,
         "embedding_size": embedding_size,
         "neck": "identity" if mbf else "fc_bn",
@@ -251,10 +264,9 @@ def import_insightface(checkpoint: str | os.PathLike[str], arch: str = "auto") -
         "channel_order": "RGB",
         "training": imported_record(
             "insightface",
-            path.name,
+            file,
             arch,
             INSIGHTFACE_LICENSE,
             url="https://github.com/deepinsight/insightface/tree/master/recognition/arcface_torch",
         ),
     }
-    return ImportedWeights(config, weights, str(path), arch, insightface_key(arch), guess)
