@@ -232,7 +232,8 @@ class GDCFaceNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool (GDC or mean), project to the embedding, apply dropout and (unless ``pre_logits``) the classifier."""
-        if self.global_pool == "gdc" and (x.shape[-2], x.shape[-1]) != self.feature_map_size:
+        # Checked eagerly only: an ONNX trace fixes the input size anyway.
+        if self.global_pool == "gdc" and not torch.jit.is_tracing() and tuple(x.shape[-2:]) != self.feature_map_size:
             raise ValueError(
                 f"global_pool='gdc' was built for img_size={self.img_size} (a {self.feature_map_size} feature map) "
                 f"but got a {(x.shape[-2], x.shape[-1])} map; build with the input's img_size or use global_pool='avg'"
