@@ -247,9 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     layout = args.layout or "lightning-margin"
     embedder = export(args.source, args.output_dir, onnx=args.onnx, config_file=args.config_file, layout=layout)
     files = sorted(path.name for path in Path(args.output_dir).iterdir() if path.is_file())
-    print(
-        f"exported {embedder.config['backbone']} ({embedder.config['loss']}) to {args.output_dir}: {', '.join(files)}"
-    )
+    loss = f" ({embedder.config['loss']})" if embedder.config.get("loss") else ""
+    print(f"exported {embedder.config['backbone']}{loss} to {args.output_dir}: {', '.join(files)}")
     return 0
 
 

@@ -50,10 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedder.save_pretrained(output_dir)
     config = embedder.config
     record = (config.get("training") or {}).get("imported", {})
+    side = config["input_size"]
+    swap = " (embed() takes RGB images and swaps them)" if config["channel_order"] != "RGB" else ""
     print(
         f"imported {source} {record.get('arch')} from {record.get('file')} to {output_dir}: backbone "
-        f"{config['backbone']}, {config['embedding_size']}-d, {config['channel_order']} "
-        f"{config['input_size']}x{config['input_size']} input, alignment {config.get('alignment')}"
+        f"{config['backbone']}, {config['embedding_size']}-d; input {side}x{side} faces aligned with "
+        f"{config.get('alignment')}, {config['channel_order']} channel order{swap}"
     )
     if record.get("license"):
         print(f"weights licence: {record['license']}")
