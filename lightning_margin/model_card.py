@@ -161,13 +161,18 @@ def _eval_results(
     return eval_results
 
 
+def _channel_note(config: Mapping[str, Any]) -> str:
+    order = config.get("channel_order", "RGB")
+    return "" if order == "RGB" else f" (the model takes {order}: the embedder swaps the channels)"
+
+
 def _preprocessing_lines(config: Mapping[str, Any]) -> list[str]:
     size = config.get("input_size")
     crop = config.get("crop_size")
     aligned = [f"- alignment: faces aligned with `{config['alignment']}`"] if config.get("alignment") else []
     return [
         *aligned,
-        f"- input: {config.get('channel_order', 'RGB')} images, centre crop "
+        f"- input: RGB images{_channel_note(config)}, centre crop "
         f"{f'{crop}x{crop} px' if crop else 'none'}, resized to {size}x{size} (bilinear, antialiased)",
         f"- LFW pairs: centre crop {config.get('lfw_crop_size')} px of the 250x250 deep-funneled images first",
         f"- normalisation: `(pixel / 255 - mean) / std`, mean={list(config.get('mean', []))}, "

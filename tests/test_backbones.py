@@ -183,7 +183,8 @@ def _mbf_params(blocks: tuple[int, ...], scale: int, embedding_size: int = 512) 
     """insightface's mbf from its layer list (see tests/source_nets.py), counted by hand."""
 
     def unit(c_in: int, c_out: int, width: int) -> int:  # DepthWise: 1x1 in->width, 3x3 depthwise, 1x1 width->out
-        return _conv_bn(c_in, width, 1) + _conv_bn(width, width, 9, depthwise=True) + _conv_bn(width, c_out, 1, prelu=False)
+        expand, project = _conv_bn(c_in, width, 1), _conv_bn(width, c_out, 1, prelu=False)
+        return expand + _conv_bn(width, width, 9, depthwise=True) + project
 
     wide, narrow = 128 * scale, 64 * scale
     total = _conv_bn(3, narrow, 9)

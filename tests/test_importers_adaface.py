@@ -144,6 +144,9 @@ def test_the_folder_records_bgr_and_the_dropped_head(ir_18, tmp_path):
     assert config["mean"] == [0.5, 0.5, 0.5] and config["std"] == [0.5, 0.5, 0.5]
     imported = config["training"]["imported"]
     assert imported["arch"] == "ir_18" and imported["dropped"] == ["head.kernel"] and imported["epoch"] == 25
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "input: RGB images (the model takes BGR: the embedder swaps the channels)" in card
+    assert "imported from adaface (ir_18, `adaface.ckpt`)" in card and "license: other" in card
     _check_parity(ir_18, FaceEmbedder.from_pretrained(tmp_path / "out"), _faces(count=1))
 
 
@@ -167,7 +170,7 @@ def test_a_checkpoint_of_another_arch_names_the_keys_and_the_arch_it_fits(ir_18,
     message = str(info.value)
     assert str(path) in message and "does not fit arch 'ir_34'" in message
     # ir_34's stage 2 starts at body unit 3 (with a 1x1 shortcut), ir_18's at unit 2; ir_34 has units 8..15.
-    assert "162 missing keys: model.body.3.shortcut_layer.0.weight, model.body.3.shortcut_layer.1.*" in message
+    assert "135 missing keys: model.body.3.shortcut_layer.0.weight, model.body.3.shortcut_layer.1.*" in message
     assert "model.body.8.res_layer.0.*" in message and "18 unexpected keys: model.body.2.shortcut_layer.0" in message
     assert "try --arch ir_18" in message
 

@@ -198,7 +198,8 @@ def load_checked(
     """Fill ``model`` from a file's ``weights``: each of the model's keys is read from ``weights[source_key(key)]``.
 
     Every model key must be found with its shape and every file key must be used (strict loading), so a file of
-    another architecture never half-loads.
+    another architecture never half-loads. Only BatchNorm's ``num_batches_tracked`` counters may be absent (they
+    are bookkeeping, and files converted from other frameworks lack them): they start at 0.
 
     Args:
         model: The model to fill.
@@ -222,6 +223,11 @@ def load_checked(
     """
     expected = model.state_dict()
     names = {key: source_key(key) for key in expected}
+    # A BatchNorm's batch counter is bookkeeping, not a weight; files converted from other frameworks lack it.
+    weights = dict(weights)
+    for key, name in names.items():
+        if key.endswith("num_batches_tracked") and name not in weights:
+            weights[name] = torch.zeros_like(expected[key])
     mismatch = key_mismatch(
         {names[key]: tuple(value.shape) for key, value in expected.items()},
         {key: tuple(value.shape) for key, value in weights.items()},
