@@ -39,6 +39,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "verify": ("lightning_margin.verify:main", "evaluate models on verification pairs; compare with model cards"),
     "export": ("lightning_margin.export:main", "export a checkpoint as a FaceEmbedder folder (safetensors, ONNX)"),
     "publish": ("lightning_margin.publish:main", "export, evaluate, write the model card and push to the Hub"),
+    "import": ("lightning_margin.importers.cli:main", "import an insightface / AdaFace / dlib model as a FaceEmbedder"),
 }
 
 
