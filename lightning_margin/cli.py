@@ -39,6 +39,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "verify": ("lightning_margin.verify:main", "evaluate models on verification pairs; compare with model cards"),
     "export": ("lightning_margin.export:main", "export a checkpoint as a FaceEmbedder folder (safetensors, ONNX)"),
     "publish": ("lightning_margin.publish:main", "export, evaluate, write the model card and push to the Hub"),
+    "import": ("lightning_margin.importers.cli:main", "import an insightface / AdaFace / dlib model as a FaceEmbedder"),
 }
 
 
@@ -129,7 +130,9 @@ class MarginCLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except BaseException as stop:
             if isinstance(stop, SIGTERMException):
-                stop.resume_hint = stop_message(self.trainer)  # type: ignore[attr-defined]
+                # Said once, by rank 0: under DDP every rank stops with this exception.
+                hint = stop_message(self.trainer) if self.trainer.is_global_zero else ""
+                stop.resume_hint = hint  # type: ignore[attr-defined]
             status = stop_status(stop)
             if subcommand == "fit" and status is not None:
                 report_fit(self.trainer, status, self.command_args)
@@ -230,7 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser_kwargs={"prog": "lightning-margin"},
         )
     except SIGTERMException as stop:  # a SystemExit without a code: the process would report success
-        print(f"lightning-margin: {getattr(stop, 'resume_hint', stop_message(None))}", file=sys.stderr)
+        hint = getattr(stop, "resume_hint", stop_message(None))
+        if hint:
+            print(f"lightning-margin: {hint}", file=sys.stderr)
         return SIGTERM_EXIT_STATUS
     return 0
 

@@ -28,6 +28,7 @@ from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, prepr
 from lightning_margin.embedder_hub import EmbedderHubMixin
 from lightning_margin.heads.registry import recorded_head_name
 from lightning_margin.images import ImageInput, to_image_tensors
+from lightning_margin.importers import create_importer
 from lightning_margin.necks import create_neck, list_necks
 from lightning_margin.tta import embed as tta_embed
 
@@ -106,6 +107,8 @@ class FaceEmbedder(
         std: Per-channel normalisation standard deviation, ``[0, 1]`` units, in RGB order.
         channel_order: Channel order the backbone was trained on: ``"RGB"`` (every reader of this package) or
             ``"BGR"`` (e.g. weights converted from OpenCV pipelines); :meth:`embed` always takes RGB input.
+        alignment: How the model's input faces were aligned, e.g. ``"arcface"`` (the ArcFace 5-point template);
+            ``None``: the images are cropped like the training data (the ``crop_size`` rule), no alignment.
         loss: Name of the margin head the model was trained with (informative: the head is not part of the model).
         loss_kwargs: The head's hyperparameters (``scale``, ``margin``, ...).
         num_classes: Number of training identities.
@@ -131,6 +134,7 @@ class FaceEmbedder(
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         channel_order: Literal["RGB", "BGR"] = "RGB",
+        alignment: str | None = None,
         loss: str | None = None,
         loss_kwargs: dict[str, Any] | None = None,
         num_classes: int | None = None,
@@ -155,6 +159,7 @@ class FaceEmbedder(
         self.mean = tuple(float(value) for value in mean)
         self.std = tuple(float(value) for value in std)
         self.channel_order = channel_order
+        self.alignment = alignment
 
         backbone_kwargs = sized_backbone_kwargs(backbone, self.input_size, backbone_kwargs)  # recorded explicitly
         self.backbone = build_backbone(backbone, pretrained=False, **backbone_kwargs)
@@ -174,6 +179,7 @@ class FaceEmbedder(
                 "mean": self.mean,
                 "std": self.std,
                 "channel_order": channel_order,
+                "alignment": alignment,
                 "loss": loss,
                 "loss_kwargs": dict(loss_kwargs or {}),
                 "num_classes": num_classes,
@@ -350,6 +356,47 @@ class FaceEmbedder(
             "lightning_version": checkpoint.get("pytorch-lightning_version"),
         }
         return cls._from_hyperparameters(hyperparameters, checkpoint["state_dict"], settings, training=training)
+
+    @classmethod
+    def from_import(cls, source: str, **arguments: Any) -> FaceEmbedder:
+        """The embedder of a model trained elsewhere, read by the importer registered as ``source``.
+
+        ``arguments`` are the importer's (see :func:`~lightning_margin.importers.list_importers`; the same as the
+        options of ``lightning-margin import SOURCE``). Checkpoints are read without running any code they name.
+
+        Raises:
+            ValueError: unknown ``source``; :class:`~lightning_margin.importers.UnsafeCheckpointError` for a file
+                whose pickle names anything but plain data; :class:`~lightning_margin.importers.CheckpointMismatchError`
+                for weights that do not fit the architecture (listing the keys, and the architecture they fit).
+        """
+        weights = create_importer(source).load(**arguments)
+        embedder = cls(**weights.config)
+        weights.load_into(embedder)
+        return embedder.eval()
+
+    @classmethod
+    def from_insightface(cls, path: str | os.PathLike[str], arch: str = "auto") -> FaceEmbedder:
+        """An insightface arcface_torch ``backbone.pth`` (r18 ... r200, mbf, mbf_large; ``"auto"`` reads the shapes).
+
+        RGB input, ``(x / 255 - 0.5) / 0.5``, ArcFace 5-point alignment at 112x112
+        (:mod:`lightning_margin.importers.insightface`).
+
+        Example:
+            >>> embedder = FaceEmbedder.from_insightface("backbone.pth", arch="r50")  # doctest: +SKIP
+        """
+        return cls.from_import("insightface", checkpoint=path, arch=arch)
+
+    @classmethod
+    def from_adaface(cls, path: str | os.PathLike[str], arch: str = "auto") -> FaceEmbedder:
+        """An AdaFace Lightning ``.ckpt`` (ir_18, ir_34, ir_50, ir_101, ir_se_50; ``"auto"`` reads the file).
+
+        The model takes BGR input; :meth:`embed` still takes RGB images and swaps the channels itself
+        (:mod:`lightning_margin.importers.adaface`).
+
+        Example:
+            >>> embedder = FaceEmbedder.from_adaface("adaface_ir50_ms1mv2.ckpt", arch="ir_50")  # doctest: +SKIP
+        """
+        return cls.from_import("adaface", checkpoint=path, arch=arch)
 
     @classmethod
     def _from_hyperparameters(

@@ -153,11 +153,18 @@ def _eval_results(
     return eval_results
 
 
+def _channel_note(config: Mapping[str, Any]) -> str:
+    order = config.get("channel_order", "RGB")
+    return "" if order == "RGB" else f" (the model takes {order}: the embedder swaps the channels)"
+
+
 def _preprocessing_lines(config: Mapping[str, Any]) -> list[str]:
     size = config.get("input_size")
     crop = config.get("crop_size")
+    aligned = [f"- alignment: faces aligned with `{config['alignment']}`"] if config.get("alignment") else []
     return [
-        f"- input: {config.get('channel_order', 'RGB')} images, centre crop "
+        *aligned,
+        f"- input: RGB images{_channel_note(config)}, centre crop "
         f"{f'{crop}x{crop} px' if crop else 'none'}, resized to {size}x{size} (bilinear, antialiased)",
         f"- LFW pairs: centre crop {config.get('lfw_crop_size')} px of the 250x250 deep-funneled images first",
         f"- normalisation: `(pixel / 255 - mean) / std`, mean={list(config.get('mean', []))}, "
@@ -241,6 +248,11 @@ def build_model_card(
             kinds.add(parse_source(training_data).kind)
     datasets = sorted({dataset for kind in kinds if (dataset := get_source_kind(kind).hub_dataset)})
     eval_results = _eval_results(results, sets, flip, num_folds) if results else None
+    # Weights imported from another project (lightning-margin import) keep that project's terms, not ours.
+    imported = (config.get("training") or {}).get("imported") or {}
+    if imported.get("license"):
+        license = "other" if license == "apache-2.0" else license
+        limitations = [f"Weights imported from {imported.get('source')}: {imported['license']}.", *limitations]
     data = ModelCardData(
         library_name="lightning-margin",
         license=license,
@@ -254,10 +266,13 @@ def build_model_card(
 
     load_id = repo_id or "ORG/NAME"
     far_keys = sorted({key for metrics in results.values() for key in metrics if key.startswith("tar@far=")})
+    origin = f"trained with the `{loss}` loss using lightning-margin"
+    if imported:
+        origin = f"imported from {imported.get('source')} ({imported.get('arch')}, `{imported.get('file')}`)"
     sections = [
         f"# {name}",
         "",
-        f"A face embedder trained with the `{loss}` loss using lightning-margin: backbone and embedding neck, "
+        f"A face embedder {origin}: backbone and embedding neck, "
         f"{config.get('embedding_size')}-d L2-normalised embeddings compared by cosine similarity.",
         "",
         "## Results",

@@ -73,7 +73,7 @@ class MarginModule(pl.LightningModule):
         >>> model(torch.randn(2, 3, 112, 112)).shape
         torch.Size([2, 128])
         >>> model.hparams.head["init_args"]
-        {'scale': 32.0, 'margin': 0.5, 'easy_margin': False}
+        {'scale': 32.0, 'margin': 0.5, 'easy_margin': False, 'gradient': 'exact'}
     """
 
     def __init__(

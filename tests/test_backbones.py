@@ -16,12 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import lightning_margin.backbones  # noqa: F401  (registers the models with timm)
-from lightning_margin.backbones import Bottleneck, IRBlock, IResNet, MobileFaceNet
+from lightning_margin.backbones import MBF, Bottleneck, IRBlock, IResNet, MobileFaceNet
 
-IRESNET_NAMES = ["iresnet18", "iresnet34", "iresnet50", "iresnet100"]
+IRESNET_NAMES = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200"]
 # Units per stage as published by insightface (arcface_torch/backbones/iresnet.py).
 PUBLISHED_LAYERS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3), "iresnet50": (3, 4, 14, 3),
-                    "iresnet100": (3, 13, 30, 3)}  # fmt: skip
+                    "iresnet100": (3, 13, 30, 3), "iresnet200": (6, 26, 60, 6)}  # fmt: skip
+# AdaFace's net.py: name -> (units per stage, squeeze-and-excitation); IR-101 has insightface's 100-layer stages.
+ADAFACE_NETS = {"ir_18": ((2, 2, 2, 2), False), "ir_34": ((3, 4, 6, 3), False), "ir_50": ((3, 4, 14, 3), False),
+                "ir_101": ((3, 13, 30, 3), False), "ir_se_50": ((3, 4, 14, 3), True)}  # fmt: skip
 # MobileFaceNet paper, Table 1: bottleneck rows (expansion t, channels c, repeats n, stride s).
 PAPER_BOTTLENECKS = [(2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1)]
 
@@ -90,9 +93,10 @@ def _mobilefacenet_madds(side: int = 112) -> int:
 def test_models_are_registered_in_timm() -> None:
     assert timm.list_models("iresnet*") == IRESNET_NAMES
     assert timm.list_models("mobilefacenet*") == ["mobilefacenet"]
-    assert set(timm.list_models(module="iresnet")) == set(IRESNET_NAMES)
+    assert timm.list_models("mbf*") == ["mbf", "mbf_large"]
+    assert set(timm.list_models(module="iresnet")) == set(IRESNET_NAMES) | set(ADAFACE_NETS)
     assert not timm.list_models("iresnet*", pretrained=True)  # no weights are advertised
-    for name in [*IRESNET_NAMES, "mobilefacenet"]:
+    for name in [*IRESNET_NAMES, *ADAFACE_NETS, "mobilefacenet", "mbf", "mbf_large"]:
         config = timm.get_pretrained_cfg(name)
         assert config.input_size == (3, 112, 112) and config.mean == (0.5, 0.5, 0.5)
 
@@ -157,6 +161,50 @@ def test_iresnet_parameter_count_matches_the_layer_definition(name: str) -> None
         pooled = timm.create_model(name, num_classes=0)
     assert _count(option_e) == _iresnet_params(PUBLISHED_LAYERS[name], fc_in_cells=7 * 7, embedding_size=512)
     assert _count(option_e) - _count(pooled) == 25088 * 512 + 512  # the FC after flattening the 512x7x7 map
+
+
+@pytest.mark.parametrize("name", list(ADAFACE_NETS))
+def test_adaface_nets_are_iresnets_with_a_pooling_first_shortcut(name: str) -> None:
+    units, se = ADAFACE_NETS[name]
+    depth = {18: "iresnet18", 34: "iresnet34", 50: "iresnet50", 101: "iresnet100"}[int(name.rsplit("_", 1)[1])]
+    with torch.device("meta"):
+        model = timm.create_model(name, global_pool="flatten", num_classes=512)
+        insightface = timm.create_model(depth, global_pool="flatten", num_classes=512)
+    assert tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5)) == units
+    assert isinstance(model.layer1[0].downsample, nn.MaxPool2d) and model.layer1[0].downsample.stride == 2
+    assert isinstance(model.layer2[0].downsample, nn.Sequential)  # widths change there: a 1x1 conv as in insightface
+    # The pooled shortcut saves insightface's 1x1 conv (64 * 64) and its BN (2 * 64); SE adds two 1x1 convs per unit.
+    widths = [width for width, count in zip((64, 128, 256, 512), units, strict=True) for _ in range(count)]
+    se_params = sum(2 * width * (width // 16) for width in widths) if se else 0
+    assert _count(model) == _count(insightface) - 64 * 64 - 2 * 64 + se_params
+
+
+def _mbf_params(blocks: tuple[int, ...], scale: int, embedding_size: int = 512) -> int:
+    """insightface's mbf from its layer list (see tests/source_nets.py), counted by hand."""
+
+    def unit(c_in: int, c_out: int, width: int) -> int:  # DepthWise: 1x1 in->width, 3x3 depthwise, 1x1 width->out
+        expand, project = _conv_bn(c_in, width, 1), _conv_bn(width, c_out, 1, prelu=False)
+        return expand + _conv_bn(width, width, 9, depthwise=True) + project
+
+    wide, narrow = 128 * scale, 64 * scale
+    total = _conv_bn(3, narrow, 9)
+    # The 3x3 conv in 64 groups: each output channel sees narrow / 64 input channels.
+    total += narrow * (narrow // 64) * 9 + 3 * narrow if blocks[0] == 1 else blocks[0] * unit(narrow, narrow, 128)
+    total += unit(narrow, narrow, 128) + blocks[1] * unit(narrow, narrow, 128)
+    total += unit(narrow, wide, 256) + blocks[2] * unit(wide, wide, 256)
+    total += unit(wide, wide, 512) + blocks[3] * unit(wide, wide, 256)
+    total += _conv_bn(wide, 512, 1) + _conv_bn(512, 512, 49, depthwise=True, prelu=False)
+    return total + 512 * embedding_size + 2 * embedding_size
+
+
+@pytest.mark.parametrize(("name", "blocks", "scale"), [("mbf", (1, 4, 6, 2), 2), ("mbf_large", (2, 8, 12, 4), 4)])
+def test_insightface_mbf_parameter_count_matches_its_layer_list(name: str, blocks: tuple[int, ...], scale: int) -> None:
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=0)
+    assert isinstance(model, MBF) and model.num_features == 512
+    assert _count(model) == _mbf_params(blocks, scale)
+    if name == "mbf":
+        assert round(_count(model) / 1e6, 2) == 2.06  # what insightface's mbf has (and our mobilefacenet does not)
 
 
 def test_iresnet50_matches_insightface_published_size() -> None:
@@ -313,6 +361,23 @@ def test_ir_block_is_bn_conv_bn_prelu_conv_bn_with_stride_on_the_second_conv(
         shortcut = _batch_norm(F.conv2d(x, block.downsample[0].weight, stride=stride), block.downsample[1])
     with torch.no_grad():
         torch.testing.assert_close(block(x), out + shortcut)
+
+
+def test_ir_block_pool_shortcut_keeps_every_other_pixel_and_se_gates_the_branch() -> None:
+    """AdaFace's unit: MaxPool2d(1, 2) is subsampling; SE scales each channel by sigmoid(W2 relu(W1 mean(x)))."""
+    block = IRBlock(16, 16, stride=2, shortcut="pool", se_reduction=4).eval()
+    _randomise_norms(block)
+    x = torch.randn(2, 16, 10, 10)
+    out = F.conv2d(_batch_norm(x, block.bn1), block.conv1.weight, padding=1)
+    out = F.prelu(_batch_norm(out, block.bn2), block.act.weight)
+    out = _batch_norm(F.conv2d(out, block.conv2.weight, stride=2, padding=1), block.bn3)
+    squeezed = out.mean(dim=(2, 3))
+    gate = torch.sigmoid(F.relu(squeezed @ block.se.fc1.weight[:, :, 0, 0].T) @ block.se.fc2.weight[:, :, 0, 0].T)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), out * gate[:, :, None, None] + x[:, :, ::2, ::2])
+    assert not list(block.downsample.parameters())
+    with pytest.raises(ValueError, match=r"shortcut must be one of \('conv', 'pool'\)"):
+        IRBlock(16, 16, stride=2, shortcut="avg")
 
 
 @pytest.mark.parametrize(("in_channels", "out_channels", "stride"), [(8, 16, 2), (16, 16, 1)])

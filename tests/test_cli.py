@@ -166,4 +166,4 @@ def test_the_exported_embedder_records_the_heads_name_and_hyperparameters(tmp_pa
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     # The registry name and every constructor argument, the default easy_margin included: what rebuilds the head.
     assert config["loss"] == "arcface"
-    assert config["loss_kwargs"] == {"scale": 32.0, "margin": 0.4, "easy_margin": False}
+    assert config["loss_kwargs"] == {"scale": 32.0, "margin": 0.4, "easy_margin": False, "gradient": "exact"}

@@ -223,7 +223,7 @@ def test_every_head_form_builds_the_head_and_records_its_class_and_constructor_a
 def test_the_record_keeps_constructor_values_when_a_schedule_moves_an_attribute():
     module = make_module(head="arcface", head_kwargs={"scale": 16.0, "margin": 0.2})
     module.head.margin = 0.0  # what HeadScheduler does at fit start
-    assert module.head.hparams == {"scale": 16.0, "margin": 0.2, "easy_margin": False}
+    assert module.head.hparams == {"scale": 16.0, "margin": 0.2, "easy_margin": False, "gradient": "exact"}
     assert module.hparams["head"]["init_args"]["margin"] == 0.2
 
 

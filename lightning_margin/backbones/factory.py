@@ -15,12 +15,13 @@ from torch import nn
 
 # These modules register their models in timm's registry on import; FACE_BACKBONES needs them registered.
 import lightning_margin.backbones.iresnet
+import lightning_margin.backbones.mbf
 import lightning_margin.backbones.mobilefacenet  # noqa: F401
 
 __all__ = ["FACE_BACKBONES", "build_backbone", "feature_width", "sized_backbone_kwargs"]
 
 #: The backbones this package registers in timm (they take ``img_size``: their pooling layers are sized for it).
-FACE_BACKBONES = frozenset(timm.list_models(module=["iresnet", "mobilefacenet"]))
+FACE_BACKBONES = frozenset(timm.list_models(module=["iresnet", "mbf", "mobilefacenet"]))
 
 
 def sized_backbone_kwargs(name: str, input_size: int, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def build_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Mod
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ValueError(
             f"unknown backbone {name!r}: not a timm model name{hint} (face backbones: "
-            f"{', '.join(timm.list_models('iresnet*') + timm.list_models('mobilefacenet*'))}; "
+            f"{', '.join(sorted(FACE_BACKBONES))}; "
             "all names: timm.list_models())"
         )
     return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)

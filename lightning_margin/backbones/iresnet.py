@@ -1,6 +1,6 @@
 """IResNet: the improved-residual ResNets of ArcFace (Deng et al., CVPR 2019), registered in timm.
 
-These are insightface's ``iresnet18/34/50/100`` face-recognition trunks: a 3x3 stride-1 stem that keeps the full
+These are insightface's ``iresnet18/34/50/100/200`` face-recognition trunks: a 3x3 stride-1 stem that keeps the full
 resolution of a 112x112 aligned face, four stages of "IR" units (BN-Conv3x3-BN-PReLU-Conv3x3-BN, stride on the second
 convolution) with 64/128/256/512 channels that each start by halving the map, and a final BatchNorm, so a 112x112
 input gives a 512x7x7 feature map.
@@ -12,6 +12,11 @@ Importing this module registers the models with timm::
 
     trunk = timm.create_model("iresnet50", num_classes=0)  # (N, 3, H, W) -> (N, 512), any H, W
     option_e = timm.create_model("iresnet50", global_pool="flatten", num_classes=512)  # ArcFace's option-E head
+
+AdaFace (Kim et al., CVPR 2022) trains the same trunk in TreB1eN's layout, registered as ``ir_18``, ``ir_34``,
+``ir_50``, ``ir_101`` and ``ir_se_50`` (AdaFace's names): the one unit that halves the map without changing its
+width (the first of stage 1) skips through a parameter-free strided pooling (``shortcut="pool"``) instead of a 1x1
+convolution, and ``ir_se_50`` adds a squeeze-and-excitation gate to every unit (``se_reduction=16``).
 
 No pretrained weights are published with this package: ``pretrained=True`` raises timm's "No pretrained weights exist"
 error unless a checkpoint is supplied through ``pretrained_cfg_overlay=dict(file=...)``.
@@ -34,10 +39,16 @@ __all__ = [
     "IRESNET_POOL_TYPES",
     "IRBlock",
     "IResNet",
+    "ir_18",
+    "ir_34",
+    "ir_50",
+    "ir_101",
+    "ir_se_50",
     "iresnet18",
     "iresnet34",
     "iresnet50",
     "iresnet100",
+    "iresnet200",
 ]
 
 #: Number of IR units per stage for each registered depth (insightface's published configurations).
@@ -46,10 +57,24 @@ IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
     "iresnet34": (3, 4, 6, 3),
     "iresnet50": (3, 4, 14, 3),
     "iresnet100": (3, 13, 30, 3),
+    "iresnet200": (6, 26, 60, 6),
+}
+
+#: AdaFace's IR nets (its ``net.py``): name -> (insightface depth with the same units per stage, SE reduction or 0).
+#: AdaFace's IR-101 has insightface's 100-layer configuration.
+ADAFACE_IR: dict[str, tuple[str, int]] = {
+    "ir_18": ("iresnet18", 0),
+    "ir_34": ("iresnet34", 0),
+    "ir_50": ("iresnet50", 0),
+    "ir_101": ("iresnet100", 0),
+    "ir_se_50": ("iresnet50", 16),
 }
 
 #: Accepted ``global_pool`` values: spatial mean, flatten the whole map (ArcFace option E), or no pooling (timm's "").
 IRESNET_POOL_TYPES: tuple[str, ...] = ("avg", "flatten", "")
+
+#: Accepted ``shortcut`` values: how a unit that halves the map at constant width skips (see :class:`IRBlock`).
+IRESNET_SHORTCUTS: tuple[str, ...] = ("conv", "pool")
 
 
 def _check_positive_ints(name: str, values: Sequence[int], length: int) -> tuple[int, ...]:
@@ -68,34 +93,70 @@ def _check_head_args(num_classes: int, global_pool: str) -> None:
         raise ValueError("global_pool='' (no pooling) returns the feature map and cannot feed a classifier; use 0")
 
 
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation gate (Hu et al., CVPR 2018) as the IR-SE nets use it: mean-pool, 1x1 conv down by
+    ``reduction``, ReLU, 1x1 conv back, sigmoid, scale the map; both convolutions without bias.
+
+    Example:
+        >>> gate = SqueezeExcite(32, reduction=16)
+        >>> gate(torch.ones(2, 32, 7, 7)).shape
+        torch.Size([2, 32, 7, 7])
+    """
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, channels // reduction, kernel_size=1, bias=False)
+        self.act = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, kernel_size=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc2(self.act(self.fc1(x.mean(dim=(2, 3), keepdim=True)))))
+
+
 class IRBlock(nn.Module):
     """Improved residual unit from ArcFace (Deng et al., 2019, Fig. 7): BN-Conv3x3-BN-PReLU-Conv3x3-BN + shortcut.
 
     The stride sits on the second convolution, so the first one still sees the full-resolution map. The shortcut is a
-    strided 1x1 convolution + BN when the shape changes and the identity otherwise; nothing follows the sum (the next
-    unit starts with BN).
+    strided 1x1 convolution + BN when the width changes, the identity when nothing changes, and, when only the
+    resolution halves, a 1x1 convolution + BN (``shortcut="conv"``, insightface) or a parameter-free strided pooling
+    that keeps every other pixel (``shortcut="pool"``, AdaFace/TreB1eN's ``MaxPool2d(1, stride)``). Nothing follows
+    the sum (the next unit starts with BN). ``se_reduction > 0`` gates the residual branch with
+    :class:`SqueezeExcite` after its last BN (the IR-SE nets).
 
     Args:
         in_channels: Channels of the input map.
         out_channels: Channels of the output map.
         stride: Stride of the second 3x3 convolution and of the shortcut (1 or 2).
+        shortcut: ``"conv"`` or ``"pool"``: the shortcut of a unit that halves the map at constant width.
+        se_reduction: Channel reduction of the squeeze-and-excitation gate; 0 for none.
 
     Example:
         >>> block = IRBlock(64, 128, stride=2)
         >>> block(torch.zeros(2, 64, 14, 14)).shape
         torch.Size([2, 128, 7, 7])
+        >>> IRBlock(64, 64, stride=2, shortcut="pool").downsample
+        MaxPool2d(kernel_size=1, stride=2, padding=0, dilation=1, ceil_mode=False)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, shortcut: str = "conv", se_reduction: int = 0
+    ) -> None:
         super().__init__()
+        if shortcut not in IRESNET_SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {IRESNET_SHORTCUTS}, got {shortcut!r}")
+        if se_reduction < 0:
+            raise ValueError(f"se_reduction must be >= 0 (0: no squeeze-and-excitation), got {se_reduction}")
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.act = nn.PReLU(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_channels)
-        if stride != 1 or in_channels != out_channels:
-            self.downsample: nn.Module = nn.Sequential(
+        self.se: nn.Module = SqueezeExcite(out_channels, se_reduction) if se_reduction else nn.Identity()
+        if in_channels == out_channels and stride != 1 and shortcut == "pool":
+            self.downsample: nn.Module = nn.MaxPool2d(kernel_size=1, stride=stride)
+        elif stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm2d(out_channels),
             )
@@ -109,7 +170,7 @@ class IRBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.bn1(x))
         out = self.act(self.bn2(out))
-        out = self.bn3(self.conv2(out))
+        out = self.se(self.bn3(self.conv2(out)))
         return out + self.downsample(x)
 
 
@@ -142,6 +203,9 @@ class IResNet(nn.Module):
         channels: Output channels of the four stages.
         stem_channels: Output channels of the 3x3 stride-1 stem.
         zero_init_last: Zero the last BN scale of every IR unit at initialisation.
+        shortcut: ``"conv"`` (insightface) or ``"pool"`` (AdaFace): the shortcut of the first unit of stage 1,
+            which halves the map at constant width (see :class:`IRBlock`).
+        se_reduction: Squeeze-and-excitation in every unit with this channel reduction (16 in IR-SE); 0 for none.
 
     Example:
         >>> model = IResNet(layers=(2, 2, 2, 2))
@@ -162,6 +226,8 @@ class IResNet(nn.Module):
         channels: Sequence[int] = (64, 128, 256, 512),
         stem_channels: int = 64,
         zero_init_last: bool = False,
+        shortcut: str = "conv",
+        se_reduction: int = 0,
     ) -> None:
         super().__init__()
         layers = _check_positive_ints("layers", layers, 4)
@@ -184,8 +250,8 @@ class IResNet(nn.Module):
         stages = []
         in_channels = stem_channels
         for index, (depth, out_channels) in enumerate(zip(layers, channels, strict=True)):
-            units = [IRBlock(in_channels, out_channels, stride=2)]
-            units += [IRBlock(out_channels, out_channels) for _ in range(depth - 1)]
+            units = [IRBlock(in_channels, out_channels, 2, shortcut, se_reduction)]
+            units += [IRBlock(out_channels, out_channels, 1, shortcut, se_reduction) for _ in range(depth - 1)]
             stages.append(nn.Sequential(*units))
             self.feature_info.append(dict(num_chs=out_channels, reduction=2 ** (index + 1), module=f"layer{index + 1}"))
             in_channels = out_channels
@@ -293,6 +359,12 @@ def _create_iresnet(variant: str, pretrained: bool = False, **kwargs: Any) -> IR
     return build_model_with_cfg(IResNet, variant, pretrained, layers=IRESNET_LAYERS[variant], **kwargs)
 
 
+def _create_adaface_ir(variant: str, pretrained: bool = False, **kwargs: Any) -> IResNet:
+    depth, se_reduction = ADAFACE_IR[variant]
+    kwargs = {"shortcut": "pool", "se_reduction": se_reduction, **kwargs}
+    return build_model_with_cfg(IResNet, variant, pretrained, layers=IRESNET_LAYERS[depth], **kwargs)
+
+
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     # Face crops are aligned 112x112 images normalised as insightface does: (pixel / 255 - 0.5) / 0.5.
     return {
@@ -313,7 +385,14 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in IRESNET_LAYERS})
+_ADAFACE_CFG = {
+    "paper_ids": "arXiv:2204.00964",
+    "paper_name": "AdaFace: Quality Adaptive Margin for Face Recognition",
+    "origin_url": "https://github.com/mk-minchul/AdaFace",
+}
+default_cfgs = generate_default_cfgs(
+    {**{name: _cfg() for name in IRESNET_LAYERS}, **{name: _cfg(**_ADAFACE_CFG) for name in ADAFACE_IR}}
+)
 
 
 @register_model
@@ -338,3 +417,40 @@ def iresnet50(pretrained: bool = False, **kwargs: Any) -> IResNet:
 def iresnet100(pretrained: bool = False, **kwargs: Any) -> IResNet:
     """IResNet-100 (ArcFace, Deng et al. 2019): stages of (3, 13, 30, 3) IR units, 65.2M parameters with option E."""
     return _create_iresnet("iresnet100", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def iresnet200(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """IResNet-200 (insightface's arcface_torch ``r200``): stages of (6, 26, 60, 6) IR units, 118.8M parameters
+    with option E."""
+    return _create_iresnet("iresnet200", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def ir_18(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """AdaFace's IR-18 (Kim et al. 2022): IResNet-18 with a pooling shortcut in the first unit."""
+    return _create_adaface_ir("ir_18", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def ir_34(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """AdaFace's IR-34 (Kim et al. 2022): IResNet-34 with a pooling shortcut in the first unit."""
+    return _create_adaface_ir("ir_34", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def ir_50(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """AdaFace's IR-50 (Kim et al. 2022): IResNet-50 with a pooling shortcut in the first unit."""
+    return _create_adaface_ir("ir_50", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def ir_101(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """AdaFace's IR-101 (Kim et al. 2022): IResNet-100's (3, 13, 30, 3) units, a pooling shortcut in the first."""
+    return _create_adaface_ir("ir_101", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def ir_se_50(pretrained: bool = False, **kwargs: Any) -> IResNet:
+    """AdaFace's IR-SE-50 (Kim et al. 2022): IR-50 with a squeeze-and-excitation gate (reduction 16) in every unit."""
+    return _create_adaface_ir("ir_se_50", pretrained=pretrained, **kwargs)

@@ -33,6 +33,7 @@ __all__ = [
     "MOBILEFACENET_POOL_TYPES",
     "Bottleneck",
     "ConvBnPReLU",
+    "GDCFaceNet",
     "MobileFaceNet",
     "mobilefacenet",
 ]
@@ -114,6 +115,8 @@ class Bottleneck(nn.Module):
         out_channels: Output channels.
         expansion: Hidden width as a multiple of ``in_channels``.
         stride: Stride of the depthwise convolution (1 or 2).
+        hidden_channels: The hidden width itself, overriding ``in_channels * expansion`` (insightface's wider
+            ``mbf`` keeps the paper's hidden widths while its outer widths double).
 
     Example:
         >>> block = Bottleneck(64, 128, expansion=4, stride=2)
@@ -121,9 +124,11 @@ class Bottleneck(nn.Module):
         torch.Size([2, 128, 14, 14])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, expansion: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, expansion: int, stride: int = 1, hidden_channels: int | None = None
+    ) -> None:
         super().__init__()
-        hidden = in_channels * expansion
+        hidden = in_channels * expansion if hidden_channels is None else hidden_channels
         self.has_skip = stride == 1 and in_channels == out_channels
         self.expand = ConvBnPReLU(in_channels, hidden, kernel_size=1)
         self.depthwise = ConvBnPReLU(hidden, hidden, kernel_size=3, stride=stride, groups=hidden)
@@ -134,53 +139,18 @@ class Bottleneck(nn.Module):
         return out + x if self.has_skip else out
 
 
-class MobileFaceNet(nn.Module):
-    """MobileFaceNet from "MobileFaceNets: Efficient CNNs for Accurate Real-Time Face Verification on Mobile Devices".
+class GDCFaceNet(nn.Module):
+    """The part the MobileFaceNet family shares after its trunk: 1x1 convolution to 512 channels, global pooling
+    (the paper's global depthwise convolution, GDC, or a mean), a bias-free Linear to the embedding + BN, dropout and
+    an optional classifier.
 
-    Chen et al., CCBR 2018 (arXiv:1804.07573). ``forward_features`` returns the ``(N, 512, ceil(H/16), ceil(W/16))``
-    map after the 1x1 convolution; the head pools it, projects it to ``embedding_size`` with the linear 1x1 convolution
-    (a bias-free Linear on the pooled vector) + BN, applies dropout and, if ``num_classes > 0``, a Linear classifier.
-    ``num_features`` is ``embedding_size``: what ``num_classes=0`` returns.
-
-    Pooling: ``global_pool="gdc"`` (the paper's global depthwise convolution) has a kernel equal to the feature map,
-    so it is built for one input size: ``img_size`` (default 112 -> 7x7 kernel; 96 -> 6x6, 128 -> 8x8; other sizes
-    raise a ``ValueError`` naming the expected one). ``global_pool="avg"`` replaces the GDC by a spatial mean and
-    accepts any input size.
-
-    ``embedding_size`` defaults to the paper's 128: the model then has 1.003M parameters (0.996M in convolution,
-    Linear and BN layers plus 7.5K PReLU slopes) against the paper's reported 0.99M, and 221.0M multiply-adds at
-    112x112 as in the paper. insightface's MobileFaceNet recipes use a 512-d embedding (``embedding_size=512``, 1.2M
-    parameters); 128 is kept as the default because it is the published architecture.
-
-    Weights are initialised with timm's MobileNet convention: convolutions Kaiming-normal (fan-out), BN scale 1 and
-    shift 0, PReLU slopes 0.25, Linear layers with PyTorch's default.
-
-    Args:
-        num_classes: Width of the Linear classifier; 0 returns the ``embedding_size``-d embedding.
-        in_chans: Input image channels.
-        embedding_size: Width of the embedding (the linear 1x1 convolution after the GDC).
-        global_pool: ``"gdc"`` or ``"avg"`` (see above).
-        img_size: ``(height, width)`` or side of the input; sizes the GDC kernel.
-        drop_rate: Dropout probability before the classifier.
-
-    Example:
-        >>> model = MobileFaceNet()
-        >>> model(torch.zeros(2, 3, 112, 112)).shape
-        torch.Size([2, 128])
-        >>> MobileFaceNet(img_size=96)(torch.zeros(2, 3, 96, 96)).shape
-        torch.Size([2, 128])
+    Subclasses build ``stem``, ``stem_dw``, ``stages`` and ``feature_info`` (the trunk, which
+    :meth:`forward_features` runs in that order), then call :meth:`_init_head` with the trunk's output width.
     """
 
-    def __init__(
-        self,
-        num_classes: int = 0,
-        in_chans: int = 3,
-        embedding_size: int = 128,
-        global_pool: str = "gdc",
-        img_size: int | tuple[int, int] = 112,
-        drop_rate: float = 0.0,
+    def _check_arguments(
+        self, num_classes: int, in_chans: int, embedding_size: int, global_pool: str, drop_rate: float
     ) -> None:
-        super().__init__()
         if global_pool not in MOBILEFACENET_POOL_TYPES:
             raise ValueError(f"global_pool must be one of {MOBILEFACENET_POOL_TYPES}, got {global_pool!r}")
         if num_classes < 0:
@@ -189,31 +159,13 @@ class MobileFaceNet(nn.Module):
             raise ValueError(f"embedding_size and in_chans must be positive, got {embedding_size} and {in_chans}")
         if not 0.0 <= drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
-        self.num_classes = num_classes
-        self.in_chans = in_chans
-        self.drop_rate = drop_rate
-        self.img_size = to_size_pair(img_size)
-        self.feature_map_size = downsampled_size(self.img_size, _NUM_HALVINGS)
 
-        self.stem = ConvBnPReLU(in_chans, _STEM_CHANNELS, kernel_size=3, stride=2)
-        self.stem_dw = ConvBnPReLU(_STEM_CHANNELS, _STEM_CHANNELS, kernel_size=3, groups=_STEM_CHANNELS)
-        self.feature_info = [dict(num_chs=_STEM_CHANNELS, reduction=2, module="stem_dw")]
-        # One stage per resolution: a strided bottleneck row opens a stage, stride-1 rows extend it.
-        stages: list[list[nn.Module]] = []
-        in_channels = _STEM_CHANNELS
-        for expansion, out_channels, repeats, stride in MOBILEFACENET_BOTTLENECKS:
-            if stride == 2 or not stages:
-                stages.append([])
-                # Stage i follows the stem's halving and i + 1 strided rows.
-                self.feature_info.append(dict(reduction=2 ** (len(stages) + 1), module=f"stages.{len(stages) - 1}"))
-            for repeat in range(repeats):
-                stages[-1].append(Bottleneck(in_channels, out_channels, expansion, stride if repeat == 0 else 1))
-                in_channels = out_channels
-            self.feature_info[-1]["num_chs"] = out_channels
-        self.stages = nn.Sequential(*(nn.Sequential(*blocks) for blocks in stages))
+    def _init_head(
+        self, in_channels: int, embedding_size: int, global_pool: str, num_classes: int, drop_rate: float
+    ) -> None:
+        """Build the layers after the trunk (``img_size``, ``feature_map_size`` and ``num_classes`` are set)."""
         self.conv_head = ConvBnPReLU(in_channels, _HEAD_CHANNELS, kernel_size=1)
         self.feature_info.append(dict(num_chs=_HEAD_CHANNELS, reduction=2**_NUM_HALVINGS, module="conv_head"))
-
         self.global_pool = global_pool
         self.pool = self._make_pool(global_pool)
         # The paper's "linear 1x1 conv" acts on a 1x1 map, i.e. a bias-free Linear layer on the pooled vector.
@@ -222,7 +174,6 @@ class MobileFaceNet(nn.Module):
         self.num_features = self.head_hidden_size = embedding_size
         self.head_drop = nn.Dropout(drop_rate)
         self.fc: nn.Module = nn.Linear(embedding_size, num_classes) if num_classes > 0 else nn.Identity()
-        self.init_weights()
 
     def _make_pool(self, global_pool: str, **device_dtype: Any) -> nn.Module:
         if global_pool == "gdc":
@@ -281,7 +232,8 @@ class MobileFaceNet(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool (GDC or mean), project to the embedding, apply dropout and (unless ``pre_logits``) the classifier."""
-        if self.global_pool == "gdc" and (x.shape[-2], x.shape[-1]) != self.feature_map_size:
+        # Checked eagerly only: an ONNX trace fixes the input size anyway.
+        if self.global_pool == "gdc" and not torch.jit.is_tracing() and tuple(x.shape[-2:]) != self.feature_map_size:
             raise ValueError(
                 f"global_pool='gdc' was built for img_size={self.img_size} (a {self.feature_map_size} feature map) "
                 f"but got a {(x.shape[-2], x.shape[-1])} map; build with the input's img_size or use global_pool='avg'"
@@ -293,6 +245,80 @@ class MobileFaceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class MobileFaceNet(GDCFaceNet):
+    """MobileFaceNet from "MobileFaceNets: Efficient CNNs for Accurate Real-Time Face Verification on Mobile Devices".
+
+    Chen et al., CCBR 2018 (arXiv:1804.07573). ``forward_features`` returns the ``(N, 512, ceil(H/16), ceil(W/16))``
+    map after the 1x1 convolution; the head pools it, projects it to ``embedding_size`` with the linear 1x1 convolution
+    (a bias-free Linear on the pooled vector) + BN, applies dropout and, if ``num_classes > 0``, a Linear classifier.
+    ``num_features`` is ``embedding_size``: what ``num_classes=0`` returns.
+
+    Pooling: ``global_pool="gdc"`` (the paper's global depthwise convolution) has a kernel equal to the feature map,
+    so it is built for one input size: ``img_size`` (default 112 -> 7x7 kernel; 96 -> 6x6, 128 -> 8x8; other sizes
+    raise a ``ValueError`` naming the expected one). ``global_pool="avg"`` replaces the GDC by a spatial mean and
+    accepts any input size.
+
+    ``embedding_size`` defaults to the paper's 128: the model then has 1.003M parameters (0.996M in convolution,
+    Linear and BN layers plus 7.5K PReLU slopes) against the paper's reported 0.99M, and 221.0M multiply-adds at
+    112x112 as in the paper. insightface's MobileFaceNet recipes use a 512-d embedding (``embedding_size=512``, 1.2M
+    parameters); 128 is kept as the default because it is the published architecture.
+
+    Weights are initialised with timm's MobileNet convention: convolutions Kaiming-normal (fan-out), BN scale 1 and
+    shift 0, PReLU slopes 0.25, Linear layers with PyTorch's default.
+
+    Args:
+        num_classes: Width of the Linear classifier; 0 returns the ``embedding_size``-d embedding.
+        in_chans: Input image channels.
+        embedding_size: Width of the embedding (the linear 1x1 convolution after the GDC).
+        global_pool: ``"gdc"`` or ``"avg"`` (see above).
+        img_size: ``(height, width)`` or side of the input; sizes the GDC kernel.
+        drop_rate: Dropout probability before the classifier.
+
+    Example:
+        >>> model = MobileFaceNet()
+        >>> model(torch.zeros(2, 3, 112, 112)).shape
+        torch.Size([2, 128])
+        >>> MobileFaceNet(img_size=96)(torch.zeros(2, 3, 96, 96)).shape
+        torch.Size([2, 128])
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 0,
+        in_chans: int = 3,
+        embedding_size: int = 128,
+        global_pool: str = "gdc",
+        img_size: int | tuple[int, int] = 112,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self._check_arguments(num_classes, in_chans, embedding_size, global_pool, drop_rate)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.img_size = to_size_pair(img_size)
+        self.feature_map_size = downsampled_size(self.img_size, _NUM_HALVINGS)
+
+        self.stem = ConvBnPReLU(in_chans, _STEM_CHANNELS, kernel_size=3, stride=2)
+        self.stem_dw = ConvBnPReLU(_STEM_CHANNELS, _STEM_CHANNELS, kernel_size=3, groups=_STEM_CHANNELS)
+        self.feature_info = [dict(num_chs=_STEM_CHANNELS, reduction=2, module="stem_dw")]
+        # One stage per resolution: a strided bottleneck row opens a stage, stride-1 rows extend it.
+        stages: list[list[nn.Module]] = []
+        in_channels = _STEM_CHANNELS
+        for expansion, out_channels, repeats, stride in MOBILEFACENET_BOTTLENECKS:
+            if stride == 2 or not stages:
+                stages.append([])
+                # Stage i follows the stem's halving and i + 1 strided rows.
+                self.feature_info.append(dict(reduction=2 ** (len(stages) + 1), module=f"stages.{len(stages) - 1}"))
+            for repeat in range(repeats):
+                stages[-1].append(Bottleneck(in_channels, out_channels, expansion, stride if repeat == 0 else 1))
+                in_channels = out_channels
+            self.feature_info[-1]["num_chs"] = out_channels
+        self.stages = nn.Sequential(*(nn.Sequential(*blocks) for blocks in stages))
+        self._init_head(in_channels, embedding_size, global_pool, num_classes, drop_rate)
+        self.init_weights()
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from lightning_margin.functional.margins import (
     magface_regularizer,
     replace_target_logits,
     sphereface_psi,
+    straight_through,
 )
 from lightning_margin.functional.schedules import SCHEDULES, sphereface_lambda, warmup_value
 
@@ -44,6 +45,7 @@ __all__ = [
     "scaled_directions",
     "sphereface_lambda",
     "sphereface_psi",
+    "straight_through",
     "target_cosine",
     "warmup_value",
 ]

@@ -25,6 +25,7 @@ __all__ = [
     "magface_regularizer",
     "replace_target_logits",
     "sphereface_psi",
+    "straight_through",
 ]
 
 
@@ -63,6 +64,25 @@ def combined_margin(
     inside = torch.cos((m1 * theta + m2).clamp(min=0.0)) - m3
     outside = cos - torch.cos(theta_star) - 1.0 - m3
     return torch.where(theta <= theta_star, inside, outside)
+
+
+def straight_through(value: Tensor, surrogate: Tensor) -> Tensor:
+    """``value`` in the forward pass with the gradient of ``surrogate`` in the backward pass (a straight-through
+    estimator, Bengio et al., 2013): ``surrogate + (value - surrogate).detach()``.
+
+    insightface's ArcFace / CombinedMarginLoss add the angular margin under ``torch.no_grad()``, so their backward
+    treats ``cos theta_y -> cos(theta_y + m)`` as the identity: with ``surrogate = cos theta_y`` this gives
+    ``d loss / d cos theta_y = s (p_y - 1)`` instead of the exact derivative, which carries the factor
+    ``sin(theta_y + m) / sin(theta_y)``.
+
+    Example:
+        >>> cos = torch.tensor([0.5], requires_grad=True)
+        >>> out = straight_through(arcface_margin(cos, 0.5), cos)
+        >>> out.backward()
+        >>> out.detach(), cos.grad
+        (tensor([0.0236]), tensor([1.]))
+    """
+    return surrogate + (value - surrogate).detach()
 
 
 def arcface_margin(cos: Tensor, margin: float | Tensor, easy_margin: bool = False) -> Tensor:

@@ -28,6 +28,8 @@ class ArcFace(CosineMarginHead):
         scale: The scale ``s``.
         margin: The angular margin ``m`` in radians (0.5 rad is about 28.6 degrees).
         easy_margin: Apply the margin only where ``cos theta_y > 0``.
+        gradient: The backward pass through the margin: ``"exact"`` (its derivative) or ``"straight_through"``
+            (insightface's: the margin is the identity in the backward pass, ``d loss / d cos theta_y = s (p_y - 1)``).
 
     Example:
         >>> import torch
@@ -42,14 +44,16 @@ class ArcFace(CosineMarginHead):
         scale: float = 64.0,
         margin: float = 0.5,
         easy_margin: bool = False,
+        gradient: str = "exact",
     ) -> None:
         super().__init__(embedding_size, num_classes)
-        self._set_hyperparameters(scale, margin, easy_margin)
+        self._set_hyperparameters(scale, margin, easy_margin, gradient)
 
-    def _set_hyperparameters(self, scale: float, margin: float, easy_margin: bool) -> None:
+    def _set_hyperparameters(self, scale: float, margin: float, easy_margin: bool, gradient: str) -> None:
         self.scale = check_positive("scale", scale)
         self.margin = check_range("margin", margin, 0.0, math.pi, high_inclusive=False)
         self.easy_margin = bool(easy_margin)
+        self._set_gradient(gradient)
 
     def apply_margin(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
         return arcface_margin(cos, self.margin, self.easy_margin)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_margin._validation import check_integer
+from lightning_margin._validation import check_choice, check_integer
 from lightning_margin.functional import (
     gather_rows,
     normalized_linear,
@@ -19,9 +19,14 @@ from lightning_margin.functional import (
     replace_target_logits,
     row_ids,
     scaled_directions,
+    straight_through,
 )
 
-__all__ = ["CosineMarginHead", "MarginHead"]
+__all__ = ["MARGIN_GRADIENTS", "CosineMarginHead", "MarginHead"]
+
+#: The backward passes a margin head offers for its true-class logit (the ``gradient`` argument of the
+#: additive-angular heads): the exact derivative of the margin, or insightface's straight-through one.
+MARGIN_GRADIENTS: tuple[str, ...] = ("exact", "straight_through")
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -339,6 +344,8 @@ class MarginHead(_RecordsInitArguments, nn.Module):
     def extra_repr(self) -> str:
         parts = [f"embedding_size={self.embedding_size}", f"num_classes={self.num_classes}"]
         parts += [f"{name}={getattr(self, name)!r}" for name in self._hyperparameter_names()]
+        if getattr(self, "gradient", "exact") != "exact":  # shown when it departs from the default only
+            parts.append(f"gradient={self.gradient!r}")
         return ", ".join(parts)
 
     def _hyperparameter_names(self) -> list[str]:
@@ -355,7 +362,7 @@ class MarginHead(_RecordsInitArguments, nn.Module):
         Example:
             >>> from lightning_margin.heads import ArcFace
             >>> ArcFace(embedding_size=8, num_classes=4, margin=0.3).hparams
-            {'scale': 64.0, 'margin': 0.3, 'easy_margin': False}
+            {'scale': 64.0, 'margin': 0.3, 'easy_margin': False, 'gradient': 'exact'}
         """
         arguments = getattr(self, "_init_arguments", {})
         return {name: value for name, value in arguments.items() if name not in ("embedding_size", "num_classes")}
@@ -369,6 +376,13 @@ class CosineMarginHead(MarginHead):
     :meth:`update_statistics`; sub-centres come with ``rows_per_class > 1``. Such a head meets
     :class:`MarginHead`'s contract as long as those use only their arguments, hyperparameters and buffers, so it
     runs sharded, chunked and with Partial FC as it is.
+
+    The backward pass through the margin is :attr:`gradient`: ``"exact"`` (the default: the derivative of
+    ``apply_margin``) or ``"straight_through"`` (the penalised cosine in the forward pass, the identity in the
+    backward pass, as insightface's ArcFace/CombinedMarginLoss compute it under ``no_grad``; see
+    :func:`~lightning_margin.functional.straight_through`). A head offers the choice by taking a ``gradient``
+    argument and calling :meth:`_set_gradient`; the others stay exact. Every path (one device, sharded, chunked,
+    Partial FC) gets the true-class logit from :meth:`target_logits`, so the choice holds on all of them.
 
     Example:
         >>> from lightning_margin.functional import cosface_margin
@@ -385,7 +399,13 @@ class CosineMarginHead(MarginHead):
     """
 
     scale: float
+    #: The backward pass through the margin, one of :data:`MARGIN_GRADIENTS`.
+    gradient: str = "exact"
     _sparse_target_rows = True  # normalized_linear's backward always returns a dense weight gradient
+
+    def _set_gradient(self, gradient: str) -> None:
+        """Validate and set :attr:`gradient` (``ValueError`` naming :data:`MARGIN_GRADIENTS` otherwise)."""
+        self.gradient = check_choice("gradient", gradient, MARGIN_GRADIENTS)
 
     def logit_scale(self, x: Tensor) -> float | Tensor:
         """The factor on every cosine: the fixed ``scale`` hyperparameter, or a ``[B]`` tensor such as ``||x||``.
@@ -428,7 +448,8 @@ class CosineMarginHead(MarginHead):
         return self.reduce_subcenters(paired_cosines(x, rows[0].to(x.dtype)))
 
     def target_logits(self, inputs: Tensor, x: Tensor, labels: Tensor) -> Tensor:
-        """``s(x) * apply_margin(cos theta_y)``: the true-class logit from its cosine.
+        """``s(x) * apply_margin(cos theta_y)``: the true-class logit from its cosine; with
+        ``gradient="straight_through"`` its backward pass treats the margin as the identity.
 
         Example:
             >>> from lightning_margin.heads import CosFace
@@ -436,7 +457,11 @@ class CosineMarginHead(MarginHead):
             >>> head.target_logits(torch.tensor([[0.5]]), torch.ones(1, 2), torch.tensor([0]))
             tensor([2.5000])
         """
-        return self.logit_scale(x) * self.apply_margin(inputs[:, 0].clamp(-1.0, 1.0), x, labels)
+        cos = inputs[:, 0].clamp(-1.0, 1.0)
+        penalised = self.apply_margin(cos, x, labels)
+        if self.gradient == "straight_through":
+            penalised = straight_through(penalised, cos)
+        return self.logit_scale(x) * penalised
 
     def plain_target_logits(self, inputs: Tensor, x: Tensor) -> Tensor:
         return self.logit_scale(x) * inputs[:, 0]

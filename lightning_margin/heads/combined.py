@@ -30,6 +30,8 @@ class CombinedMargin(CosineMarginHead):
         m1: Multiplicative angular margin (> 0; 1 disables it).
         m2: Additive angular margin in radians, in [0, pi).
         m3: Additive cosine margin (>= 0).
+        gradient: The backward pass through the margin: ``"exact"`` (its derivative) or ``"straight_through"``
+            (insightface's: the margin is the identity in the backward pass, ``d loss / d cos theta_y = s (p_y - 1)``).
 
     Example:
         >>> import torch
@@ -46,12 +48,14 @@ class CombinedMargin(CosineMarginHead):
         m1: float = 1.0,
         m2: float = 0.3,
         m3: float = 0.2,
+        gradient: str = "exact",
     ) -> None:
         super().__init__(embedding_size, num_classes)
         self.scale = check_positive("scale", scale)
         self.m1 = check_positive("m1", m1)
         self.m2 = check_range("m2", m2, 0.0, math.pi, high_inclusive=False)
         self.m3 = check_non_negative("m3", m3)
+        self._set_gradient(gradient)
 
     def apply_margin(self, cos: Tensor, x: Tensor, labels: Tensor) -> Tensor:
         return combined_margin(cos, self.m1, self.m2, self.m3)

@@ -32,6 +32,8 @@ class CurricularFace(CosineMarginHead):
         scale: The scale ``s``.
         margin: The angular margin ``m`` in radians.
         momentum: Weight of the current batch in the running mean ``t`` (the paper's ``1 - alpha``, 0.01).
+        gradient: The backward pass through the true class's ArcFace margin: ``"exact"`` or ``"straight_through"``
+            (the margin is the identity in the backward pass); the hard negatives' re-weighting keeps its gradient.
 
     Example:
         >>> head = CurricularFace(embedding_size=512, num_classes=100)
@@ -48,11 +50,13 @@ class CurricularFace(CosineMarginHead):
         scale: float = 64.0,
         margin: float = 0.5,
         momentum: float = 0.01,
+        gradient: str = "exact",
     ) -> None:
         super().__init__(embedding_size, num_classes)
         self.scale = check_positive("scale", scale)
         self.margin = check_range("margin", margin, 0.0, math.pi, high_inclusive=False)
         self.momentum = check_range("momentum", momentum, 0.0, 1.0)
+        self._set_gradient(gradient)
         self.register_buffer("t", torch.zeros(()))
 
     def update_statistics(self, x: Tensor, labels: Tensor, inputs: Tensor) -> None:

@@ -25,6 +25,7 @@ class SubCenterArcFace(ArcFace):
         margin: The angular margin ``m`` in radians.
         num_subcenters: ``K`` (the paper uses 3).
         easy_margin: As in :class:`ArcFace`.
+        gradient: As in :class:`ArcFace`: ``"exact"`` or ``"straight_through"``.
 
     Example:
         >>> head = SubCenterArcFace(embedding_size=512, num_classes=100, num_subcenters=3)
@@ -40,11 +41,12 @@ class SubCenterArcFace(ArcFace):
         margin: float = 0.5,
         num_subcenters: int = 3,
         easy_margin: bool = False,
+        gradient: str = "exact",
     ) -> None:
         num_subcenters = check_integer("num_subcenters", num_subcenters)
         # ArcFace's constructor has one weight row per class: build the K-row weight directly.
         CosineMarginHead.__init__(self, embedding_size, num_classes, rows_per_class=num_subcenters)
-        self._set_hyperparameters(scale, margin, easy_margin)
+        self._set_hyperparameters(scale, margin, easy_margin, gradient)
         self.num_subcenters = num_subcenters
 
     def _hyperparameter_names(self) -> list[str]:
