@@ -17,7 +17,9 @@ import torch
 
 from lightning_margin.backbones.dlib_resnet import DlibResNet
 from lightning_margin.embedder import FaceEmbedder
+from lightning_margin.importers import create_importer
 from lightning_margin.importers import dlib as dlib_importer
+from lightning_margin.importers.cli import main as import_main
 from lightning_margin.importers.dlib import dlib_import, dlib_state_dict, installed_dlib_model, read_dlib_model
 from lightning_margin.importers.dlib_format import DlibLayer, read_dlib_net
 
@@ -63,33 +65,56 @@ def dlib_descriptors(dlib, dat, chips) -> np.ndarray:
     return np.stack([np.array(model.compute_face_descriptor(chip)) for chip in chips])
 
 
-def _embedder(config: dict, weights: dict) -> FaceEmbedder:
-    embedder = FaceEmbedder(**config)
-    embedder.load_state_dict(weights, strict=True)
-    return embedder.eval()
-
-
 def test_the_imported_network_gives_dlibs_descriptors(dat, chips, dlib_descriptors):
-    embedder = _embedder(*read_dlib_model(dat))
+    embedder = FaceEmbedder.from_dlib(dat)
     images = torch.from_numpy(chips).permute(0, 3, 1, 2)  # RGB uint8, as dlib's rgb_pixel chips
     with torch.no_grad():
         ours = embedder(embedder.preprocess(images)).double().numpy()
     assert np.abs(ours - dlib_descriptors).max() < 1e-4
-    # embed(): the recorded preprocessing and L2 normalisation, without flip (dlib does not flip).
+    # embed() on chips (align=False: they are dlib's chips already): the recorded normalisation and L2
+    # normalisation, without flip (dlib does not flip).
     unit = dlib_descriptors / np.linalg.norm(dlib_descriptors, axis=1, keepdims=True)
-    assert np.abs(embedder.embed(images, flip=False).double().numpy() - unit).max() < 1e-4
+    assert np.abs(embedder.embed(images, flip=False, align=False).double().numpy() - unit).max() < 1e-4
 
 
 def test_the_config_records_dlibs_input_and_the_import(dat):
     config, weights = read_dlib_model(dat)
     # dlib's input_rgb_image_sized<150>: (pixel - mean) / 256 with its RGB means; no crop; the 128-d descriptor.
     assert config["input_size"] == 150 and config["crop_size"] is None and config["channel_order"] == "RGB"
-    assert [255 * mean for mean in config["mean"]] == pytest.approx([122.782, 117.001, 104.298], abs=1e-4)
+    assert [255 * mean for mean in config["mean"]] == pytest.approx([122.782, 117.001, 104.298], abs=1e-9)
     assert config["std"] == [256 / 255] * 3 and config["embedding_size"] == 128
+    assert config["alignment"] == "dlib_chip"
+    assert config["loss_kwargs"] == {"margin": 0.04, "dist_thresh": 0.6}  # dlib's metric loss, as released
     imported = config["training"]["imported"]
-    assert imported["file"] == "dlib_face_recognition_resnet_model_v1.dat" and "CC0" in imported["license"]
-    assert len(imported["sha256"]) == 64 and config["loss_kwargs"]["dist_thresh"] == pytest.approx(0.6)
+    assert imported["file"] == "dlib_face_recognition_resnet_model_v1.dat" and "public domain" in imported["license"]
+    assert imported["sha256"] == _sha256(dat)
     assert weights["backbone.embedding.weight"].shape == (128, 256)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_command_writes_a_folder_that_loads_as_dlibs_network(dat, chips, dlib_descriptors, tmp_path, capsys):
+    assert "dlib" in create_importer("dlib").name
+    assert import_main(["dlib", str(tmp_path / "dlib"), "--dat", str(dat)]) == 0
+    assert "imported dlib dlib_resnet from dlib_face_recognition_resnet_model_v1.dat" in capsys.readouterr().out
+    embedder = FaceEmbedder.from_pretrained(tmp_path / "dlib")
+    with torch.no_grad():
+        ours = embedder(embedder.preprocess(torch.from_numpy(chips[:2]).permute(0, 3, 1, 2))).double().numpy()
+    assert np.abs(ours - dlib_descriptors[:2]).max() < 1e-4
+    assert "public domain" in (tmp_path / "dlib" / "README.md").read_text()
+
+
+def test_a_truncated_file_is_refused_naming_it_and_nothing_is_written(dat, tmp_path, capsys):
+    cut = tmp_path / "cut.dat"
+    cut.write_bytes(dat.read_bytes()[:1_000_000])
+    assert import_main(["dlib", str(tmp_path / "out"), "--dat", str(cut)]) == 1
+    error = capsys.readouterr().err
+    assert f"lightning-margin import dlib: {cut}: offset " in error and "truncated file" in error
+    assert not (tmp_path / "out").exists()
 
 
 def test_batch_norm_layers_fold_as_dlib_folds_them(dat):

