@@ -164,7 +164,13 @@ def _eval_results(
 def _preprocessing_lines(config: Mapping[str, Any]) -> list[str]:
     size = config.get("input_size")
     crop = config.get("crop_size")
+    alignment = config.get("alignment")
+    aligned = [
+        f"- alignment: faces warped with `{alignment}` (`lightning_margin.align`) before resizing; "
+        "`embedder.embed(photo)` detects and aligns photos that way"
+    ]
     return [
+        *(aligned if alignment else []),
         f"- input: {config.get('channel_order', 'RGB')} images, centre crop "
         f"{f'{crop}x{crop} px' if crop else 'none'}, resized to {size}x{size} (bilinear, antialiased)",
         f"- LFW pairs: centre crop {config.get('lfw_crop_size')} px of the 250x250 deep-funneled images first",
