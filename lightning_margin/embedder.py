@@ -22,9 +22,11 @@ import torch
 from torch import Tensor, nn
 
 from lightning_margin._validation import check_choice, check_integer
+from lightning_margin.align import FaceDetector, list_alignments
 from lightning_margin.backbones.factory import build_backbone, feature_width, sized_backbone_kwargs
-from lightning_margin.data.sources import source_crop
+from lightning_margin.data.sources import source_alignment, source_crop
 from lightning_margin.data.transforms import LFW_CROP_SIZE, FaceTransform, preprocess_face
+from lightning_margin.embedder_faces import EmbeddedFace, aligned_crops, every_face
 from lightning_margin.embedder_hub import EmbedderHubMixin
 from lightning_margin.heads.registry import recorded_head_name
 from lightning_margin.images import ImageInput, to_image_tensors
@@ -58,8 +60,9 @@ def preprocessing_from_data(
 ) -> dict[str, Any]:
     """The embedder's preprocessing from a :class:`~lightning_margin.data.FaceDataModule`'s hyperparameters.
 
-    The training source decides the crop (:func:`~lightning_margin.data.sources.source_crop`). ``ValueError`` if
-    the data module's ``image_size`` differs from the model's ``input_size``.
+    The training source decides the crop (:func:`~lightning_margin.data.sources.source_crop`) and the alignment
+    (:func:`~lightning_margin.data.sources.source_alignment`). ``ValueError`` if the data module's ``image_size``
+    differs from the model's ``input_size``.
     """
     image_size = data.get("image_size", model_hyperparameters.get("input_size"))
     if image_size != model_hyperparameters.get("input_size"):
@@ -68,8 +71,10 @@ def preprocessing_from_data(
             f"input_size={model_hyperparameters.get('input_size')!r}; the embedder needs one square input size"
         )
     lfw_crop = data.get("lfw_crop_size", LFW_CROP_SIZE)
+    train = str(data.get("train", "synthetic"))
     return {
-        "crop_size": source_crop(str(data.get("train", "synthetic")), data.get("crop_size"), lfw_crop),
+        "crop_size": source_crop(train, data.get("crop_size"), lfw_crop),
+        "alignment": source_alignment(train),
         "lfw_crop_size": lfw_crop,
         "mean": data.get("mean", (0.5, 0.5, 0.5)),
         "std": data.get("std", (0.5, 0.5, 0.5)),
@@ -107,8 +112,9 @@ class FaceEmbedder(
         std: Per-channel normalisation standard deviation, ``[0, 1]`` units, in RGB order.
         channel_order: Channel order the backbone was trained on: ``"RGB"`` (every reader of this package) or
             ``"BGR"`` (e.g. weights converted from OpenCV pipelines); :meth:`embed` always takes RGB input.
-        alignment: How the model's input faces were aligned, e.g. ``"arcface"`` (the ArcFace 5-point template);
-            ``None``: the images are cropped like the training data (the ``crop_size`` rule), no alignment.
+        alignment: The face alignment the training images went through (a name from
+            :func:`~lightning_margin.align.list_alignments`, ``"arcface"`` for the field's 112x112 crops), ``None``
+            when they were not aligned faces. :meth:`embed` then aligns photos the same way by default.
         loss: Name of the margin head the model was trained with (informative: the head is not part of the model).
         loss_kwargs: The head's hyperparameters (``scale``, ``margin``, ...).
         num_classes: Number of training identities.
@@ -149,6 +155,8 @@ class FaceEmbedder(
         self.input_size = check_integer("input_size", input_size)
         check_choice("neck", neck, list_necks())
         check_choice("channel_order", channel_order, ("RGB", "BGR"))
+        if alignment is not None:
+            check_choice("alignment", alignment, list_alignments())
         if crop_size is not None:
             crop_size = check_integer("crop_size", crop_size)
         lfw_crop_size = check_integer("lfw_crop_size", lfw_crop_size)
@@ -223,6 +231,9 @@ class FaceEmbedder(
         flip: bool = True,
         preprocessed: bool = False,
         batch_size: int = 64,
+        align: Any = None,
+        on_missing: Literal["error", "skip"] = "error",
+        detector: FaceDetector | None = None,
     ) -> Tensor:
         """L2-normalised embeddings of face images, with the recorded preprocessing and optional flip TTA.
 
@@ -231,8 +242,17 @@ class FaceEmbedder(
                 ``[B, 3, input_size, input_size]`` that is already model input (e.g. from ``FaceDataModule``).
             flip: Flip test-time augmentation (Deng et al., 2019): the normalised sum of the embeddings of each image
                 and its mirror. The model cards' numbers are computed with it.
-            preprocessed: ``images`` is model input already; skip crop, resize and normalisation.
+            preprocessed: ``images`` is model input already; skip alignment, crop, resize and normalisation.
             batch_size: Images per forward pass.
+            align: ``None`` (default): align when the config records an ``alignment``, else as ``False``. ``False``:
+                the images are face crops already (the recorded centre crop, resize, normalisation). ``True``:
+                photos; detect each one's largest face, warp it with the recorded alignment (ArcFace's
+                ``norm_crop`` when none is recorded), then resize and normalise, no centre crop. Or the landmarks
+                ``(5, 2)`` of each image (left eye, right eye, nose tip, mouth corners): no detection.
+            on_missing: A photo without a face raises ``ValueError`` naming it (``"error"``) or is left out of the
+                result with a warning naming it (``"skip"``).
+            detector: The :class:`~lightning_margin.align.FaceDetector` for ``align=True`` (default: dlib's, from
+                the ``align`` extra).
 
         Returns:
             ``float32 [B, embedding_size]`` unit-norm embeddings on the model's device; compare faces by the dot
@@ -245,10 +265,20 @@ class FaceEmbedder(
             torch.Size([3, 8])
         """
         check_integer("batch_size", batch_size)
+        if align is None:
+            align = self.alignment is not None and not preprocessed
+        aligned = not (isinstance(align, bool) and not align)
         if preprocessed:
+            if aligned:
+                raise ValueError("`align` needs photos; with preprocessed=True the images are model input already")
             if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
                 raise ValueError("with preprocessed=True, `images` must be a float tensor [batch, 3, height, width]")
             batch = images.to(self._device())
+        elif aligned:
+            crops, _ = aligned_crops(images, self.alignment, align, detector, on_missing)
+            if not crops:
+                return torch.empty(0, self.embedding_size, device=self._device())
+            batch = self.preprocess(crops, crop_size=None)
         else:
             batch = self.preprocess(images)
         was_training = self.training
@@ -258,6 +288,26 @@ class FaceEmbedder(
         finally:
             self.train(was_training)
         return torch.cat(chunks)
+
+    @torch.no_grad()
+    def embed_faces(self, image: Any, flip: bool = True, detector: FaceDetector | None = None) -> list[EmbeddedFace]:
+        """Every face of one photo, most confident first, with its box, score, landmarks and embedding.
+
+        Each face is aligned as :meth:`embed` with ``align=True`` aligns the largest one.
+
+        Example:
+            >>> faces = embedder.embed_faces(Image.open("team.jpg"))  # doctest: +SKIP
+            >>> [(face.box, round(face.score, 2)) for face in faces][:1]  # doctest: +SKIP
+            [((96.0, 110.0, 171.0, 185.0), 1.93)]
+        """
+        faces, crops = every_face(image, self.alignment, detector)
+        if not faces:
+            return []
+        embeddings = self.embed(self.preprocess(crops, crop_size=None), flip=flip, preprocessed=True)
+        return [
+            EmbeddedFace(face.box, face.score, face.landmarks, embedding)
+            for face, embedding in zip(faces, embeddings, strict=True)
+        ]
 
     def eval_transform(self, source: str) -> FaceTransform:
         """The preprocessing of a verification source (``"lfw:dev_test"``, ``"bin:x.bin"``, ``"synthetic"``).
@@ -284,6 +334,7 @@ class FaceEmbedder(
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
         channel_order: Literal["RGB", "BGR"] = "RGB",
+        alignment: str | None = None,
         training: dict[str, Any] | None = None,
     ) -> FaceEmbedder:
         """The embedder of a trained :class:`~lightning_margin.MarginModule` (its backbone and neck weights).
@@ -306,6 +357,7 @@ class FaceEmbedder(
                 "mean": mean,
                 "std": std,
                 "channel_order": channel_order,
+                "alignment": alignment,
             },
             training=training if training is not None else {"model": _jsonable(dict(module.hparams))},
         )
@@ -323,8 +375,9 @@ class FaceEmbedder(
         The checkpoint is opened with ``torch.load(..., weights_only=True)``: tensors and plain containers only,
         never arbitrary unpickling. The preprocessing comes from the checkpoint's ``datamodule_hyper_parameters``
         (saved when training with :class:`~lightning_margin.data.FaceDataModule`): the training source decides the
-        crop (``lfw_crop_size`` for LFW, none for synthetic, ``crop_size`` otherwise). Keyword arguments
-        (``crop_size``, ``lfw_crop_size``, ``mean``, ``std``, ``channel_order``) override it.
+        crop (``lfw_crop_size`` for LFW, none for synthetic, ``crop_size`` otherwise) and the alignment (``"arcface"``
+        for ``lfw_aligned``). Keyword arguments (``crop_size``, ``lfw_crop_size``, ``mean``, ``std``,
+        ``channel_order``, ``alignment``) override it.
 
         Raises:
             ValueError: if the checkpoint is not a MarginModule's, its backbone was a module object, or its data

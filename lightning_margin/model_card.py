@@ -161,9 +161,13 @@ def _channel_note(config: Mapping[str, Any]) -> str:
 def _preprocessing_lines(config: Mapping[str, Any]) -> list[str]:
     size = config.get("input_size")
     crop = config.get("crop_size")
-    aligned = [f"- alignment: faces aligned with `{config['alignment']}`"] if config.get("alignment") else []
+    alignment = config.get("alignment")
+    aligned = [
+        f"- alignment: faces warped with `{alignment}` (`lightning_margin.align`) before resizing; "
+        "`embedder.embed(photo)` detects and aligns photos that way"
+    ]
     return [
-        *aligned,
+        *(aligned if alignment else []),
         f"- input: RGB images{_channel_note(config)}, centre crop "
         f"{f'{crop}x{crop} px' if crop else 'none'}, resized to {size}x{size} (bilinear, antialiased)",
         f"- LFW pairs: centre crop {config.get('lfw_crop_size')} px of the 250x250 deep-funneled images first",

@@ -61,7 +61,7 @@ def _check_parity(source, embedder, faces):
     with torch.no_grad():
         expected = source(inputs)
         raw = embedder(inputs)  # the model on the same normalised input
-        embedded = embedder.embed(faces, flip=False)  # the embedder's own preprocessing from uint8 RGB
+        embedded = embedder.embed(faces, flip=False, align=False)  # aligned uint8 RGB crops, its own preprocessing
     assert (raw - expected).abs().max() <= TOLERANCE
     assert (embedded - F.normalize(expected)).abs().max() <= TOLERANCE
     return expected

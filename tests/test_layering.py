@@ -19,6 +19,9 @@ ROOT = "lightning_margin"
 INFERENCE_MODULES = (
     "lightning_margin.embedder",
     "lightning_margin.embedder_hub",
+    "lightning_margin.embedder_faces",
+    "lightning_margin.align",
+    "lightning_margin.align.folder",
     "lightning_margin.images",
     "lightning_margin.artifacts",
 )

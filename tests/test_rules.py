@@ -41,8 +41,8 @@ def test_the_crop_of_each_kind(spec, role, expected):
 
 
 def test_the_kinds_and_their_defaults():
-    assert list_source_kinds() == ["synthetic", "lfw", "imagefolder", "recordio", "bin"]
-    assert list_source_kinds("training") == ["synthetic", "lfw", "imagefolder", "recordio"]
+    assert list_source_kinds() == ["synthetic", "lfw", "imagefolder", "recordio", "bin", "lfw_aligned"]
+    assert list_source_kinds("training") == ["synthetic", "lfw", "imagefolder", "recordio", "lfw_aligned"]
     assert default_verification_sets("lfw:dev_train") == {"lfw_dev_test": "lfw:dev_test"}
     assert default_verification_sets("lfw:10fold") == {}
     assert default_verification_sets("synthetic:7") == {"synthetic": "synthetic"}

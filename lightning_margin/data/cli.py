@@ -22,7 +22,7 @@ def register_data_command(name: str, target: str, description: str) -> None:
 
     Example:
         >>> sorted(DATA_COMMANDS)
-        ['pack']
+        ['align', 'pack']
     """
     module, separator, function = target.partition(":")
     if not name.isidentifier() or not separator or not module or not function:
@@ -36,6 +36,9 @@ def register_data_command(name: str, target: str, description: str) -> None:
 
 register_data_command(
     "pack", "lightning_margin.data.pack:main", "pack images into insightface RecordIO (.rec/.idx) and .bin files"
+)
+register_data_command(
+    "align", "lightning_margin.align.folder:main", "detect and align the faces of a photo folder (ArcFace 112x112)"
 )
 
 
@@ -58,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage: lightning-margin data SUBCOMMAND [ARGUMENTS] (each has --help)
         ...
           pack       pack images into insightface RecordIO (.rec/.idx) and .bin files
+          align      detect and align the faces of a photo folder (ArcFace 112x112)
         0
     """
     args = list(sys.argv[1:] if argv is None else argv)

@@ -282,7 +282,12 @@ def read_pairs_list(path: str | Path) -> list[PairEntry]:
     return entries
 
 
-def _images_folder(root: Path) -> Path:
+def _images_folder(root: Path, images_folder: str | Path | None = None) -> Path:
+    if images_folder is not None:  # another copy in the same layout, e.g. aligned crops (`data align`)
+        folder = Path(images_folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"LFW images folder not found: {folder}")
+        return folder
     folder = root / LFW_IMAGES_FOLDER
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -331,6 +336,8 @@ class LFWPeople(Dataset):
             a class seen once teaches a margin loss little.
         check_files: Verify at construction that every listed image exists (a few thousand ``stat`` calls), so a
             missing file is reported up front with its list file and line.
+        images_folder: Read the images from this folder (same ``Name/Name_NNNN.jpg`` layout) instead of
+            ``root/lfw-deepfunneled``: e.g. the aligned copy ``lightning-margin data align`` makes.
 
     Attributes:
         classes: Person names, indexed by label.
@@ -354,13 +361,14 @@ class LFWPeople(Dataset):
         transform: Callable[[Any], Any] | None = None,
         min_images_per_identity: int = 1,
         check_files: bool = True,
+        images_folder: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = _check_split(split)
         if min_images_per_identity < 1:
             raise ValueError(f"min_images_per_identity must be >= 1, got {min_images_per_identity}")
         self.transform = transform
-        self.images_folder = _images_folder(self.root)
+        self.images_folder = _images_folder(self.root, images_folder)
         self._folder = str(self.images_folder)
         self.list_file = self.root / LFW_PEOPLE_FILES[split]
         people = [p for p in read_people_list(self.list_file) if p.num_images >= min_images_per_identity]
@@ -411,6 +419,8 @@ class LFWPairs(Dataset):
             300 + 300, View 2: the number to report).
         transform: Applied to each decoded image.
         check_files: Verify at construction that every image named in the list exists.
+        images_folder: Read the images from this folder instead of ``root/lfw-deepfunneled`` (see
+            :class:`LFWPeople`).
 
     Attributes:
         pairs: The parsed :class:`PairEntry` list.
@@ -439,11 +449,12 @@ class LFWPairs(Dataset):
         split: str = "dev_test",
         transform: Callable[[Any], Any] | None = None,
         check_files: bool = True,
+        images_folder: str | Path | None = None,
     ) -> None:
         self.root = Path(root)
         self.split = _check_split(split)
         self.transform = transform
-        self.images_folder = _images_folder(self.root)
+        self.images_folder = _images_folder(self.root, images_folder)
         self._folder = str(self.images_folder)
         self.list_file = self.root / LFW_PAIRS_FILES[split]
         self.pairs = read_pairs_list(self.list_file)

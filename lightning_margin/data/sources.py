@@ -6,6 +6,8 @@ readable. ``KIND`` or ``KIND:ARGUMENT``:
 * ``synthetic[:N]``: training, :class:`SyntheticFaces` with N identities (default 10); verification,
   :class:`SyntheticPairs` with N pairs (default 200).
 * ``lfw:SPLIT``: training, :class:`LFWPeople` of ``<data root>/lfw``; verification, :class:`LFWPairs`.
+* ``lfw_aligned:SPLIT``: the same people and pairs, read from the ArcFace-aligned 112x112 copy
+  ``<data root>/lfw_aligned_112`` (:data:`LFW_ALIGNED_FOLDER`, built once by :data:`LFW_ALIGN_COMMAND`); no crop.
 * ``imagefolder:PATH``: training only, :class:`FaceImageFolder`.
 * ``recordio:PATH``: training only, :class:`RecordIODataset`; ``PATH`` is the ``.rec`` file or the folder holding
   ``train.rec``.
@@ -17,8 +19,9 @@ variable ``LIGHTNING_MARGIN_DATA``: the folder that holds ``lfw/`` (and, by conv
 
 Every rule that depends on the kind lives in its :class:`SourceKind`, registered with :func:`register_source_kind`:
 how the argument is checked, the training and verification datasets, the centre crop of its images
-(:func:`source_crop`), the verification sets a training run on it gets by default (:func:`default_verification_sets`)
-and the name a verification set of it is reported under (:func:`verification_set_name`). The data module, the
+(:func:`source_crop`), the alignment its images went through (:func:`source_alignment`), the verification sets a
+training run on it gets by default (:func:`default_verification_sets`) and the name a verification set of it is
+reported under (:func:`verification_set_name`). The data module, the
 embedder's preprocessing, ``verify`` and ``publish`` ask these functions; a new kind (an importer, a benchmark) is one
 more registration.
 """
@@ -41,6 +44,8 @@ from lightning_margin.data.verification_bin import VerificationBinDataset
 
 __all__ = [
     "DATA_ENV",
+    "LFW_ALIGNED_FOLDER",
+    "LFW_ALIGN_COMMAND",
     "Source",
     "SourceKind",
     "SourceOptions",
@@ -53,12 +58,21 @@ __all__ = [
     "parse_source",
     "register_source_kind",
     "resolve_data_root",
+    "source_alignment",
     "source_crop",
     "verification_set_name",
 ]
 
 #: Environment variable naming the folder that holds ``lfw/`` (used when ``data_root`` is not set).
 DATA_ENV = "LIGHTNING_MARGIN_DATA"
+#: The aligned copy of LFW under the data root that ``lfw_aligned:SPLIT`` reads: ArcFace 112x112 crops of
+#: ``lfw/lfw-deepfunneled``, same ``Name/Name_NNNN.jpg`` layout, with ``landmarks.tsv`` and ``report.tsv``.
+LFW_ALIGNED_FOLDER = "lfw_aligned_112"
+#: The command that builds it once (``{data}``: the data root); ``--select center``: the person named is the face in
+#: the middle of each LFW image, even where a larger face stands beside.
+LFW_ALIGN_COMMAND = (
+    "lightning-margin data align {data}/lfw/lfw-deepfunneled {data}/" + LFW_ALIGNED_FOLDER + " --select center"
+)
 
 Role = Literal["training", "verification"]
 #: Which crop setting a kind's images get: ``"lfw_crop_size"``, ``"crop_size"``, or ``None`` (no crop).
@@ -108,6 +122,9 @@ class SourceKind:
             kind is not a training source.
         verification: Builds the pair set (items ``(image1, image2, issame)``); ``None``: not a verification source.
         crop: The centre crop its images get, for training and evaluation alike (see :func:`source_crop`).
+        alignment: The alignment its images went through (a name of :mod:`lightning_margin.align`'s registry, e.g.
+            ``"arcface"``), ``None`` for images that are not aligned faces: an embedder trained on it records it and
+            aligns photos the same way (see :func:`source_alignment`).
         default_verification_sets: ``argument -> {name: source}``, the verification sets of a training run on this
             kind when none are configured.
         set_name: ``argument -> name`` of a verification set of this kind named by its source only.
@@ -122,6 +139,7 @@ class SourceKind:
     training: DatasetBuilder | None = None
     verification: DatasetBuilder | None = None
     crop: CropSetting = "crop_size"
+    alignment: str | None = None
     default_verification_sets: Callable[[str], dict[str, str]] = field(default=lambda argument: {})
     set_name: Callable[[str], str] | None = None
     hub_dataset: str | None = None
@@ -152,7 +170,7 @@ def list_source_kinds(role: Role | None = None) -> list[str]:
 
     Example:
         >>> list_source_kinds("verification")
-        ['synthetic', 'lfw', 'bin']
+        ['synthetic', 'lfw', 'bin', 'lfw_aligned']
     """
     _check_role(role)
     return [name for name, kind in _KINDS.items() if role is None or _builder(kind, role) is not None]
@@ -215,6 +233,17 @@ def source_crop(spec: str, crop_size: int | None, lfw_crop_size: int, role: Role
     """
     crop = _KINDS[parse_source(spec, role).kind].crop
     return lfw_crop_size if crop == "lfw_crop_size" else crop_size if crop == "crop_size" else None
+
+
+def source_alignment(spec: str, role: Role = "training") -> str | None:
+    """The alignment a source's images went through (``None``: not aligned faces); what an embedder trained on the
+    source records, so that :meth:`~lightning_margin.FaceEmbedder.embed` aligns photos the same way.
+
+    Example:
+        >>> source_alignment("lfw_aligned:dev_train"), source_alignment("lfw:dev_train")
+        ('arcface', None)
+    """
+    return _KINDS[parse_source(spec, role).kind].alignment
 
 
 def default_verification_sets(train: str) -> dict[str, str]:
@@ -403,6 +432,8 @@ register_source_kind(
         split=True,
     )
 )
+
+
 register_source_kind(
     SourceKind(
         "imagefolder",
@@ -432,5 +463,49 @@ register_source_kind(
         ),
         set_name=lambda argument: Path(argument).stem,
         title=lambda name, argument: f"{name} (bin:{Path(argument).name})",
+    )
+)
+
+
+def _lfw_aligned(role: Role) -> DatasetBuilder:
+    """The builder of ``lfw_aligned:SPLIT`` sets: LFW's lists, images from the aligned copy."""
+
+    def build(spec: str, argument: str, options: SourceOptions) -> Dataset:
+        root = _lfw_root(options.data_root, spec)
+        folder = root.parent / LFW_ALIGNED_FOLDER
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"{spec!r} reads the aligned copy of LFW, {folder}, which does not exist; build it once (pip install "
+                f"-e '.[align]'; ~10 min on 2 cores) with: {LFW_ALIGN_COMMAND.format(data=root.parent)} --workers 2"
+            )
+        try:
+            if role == "training":
+                return LFWPeople(
+                    root,
+                    argument,
+                    transform=options.transform,
+                    min_images_per_identity=options.min_images_per_identity,
+                    check_files=options.check_files,
+                    images_folder=folder,
+                )
+            return LFWPairs(root, argument, transform=options.transform, images_folder=folder)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error} ({folder / 'report.tsv'} says why data align made no crop)") from None
+
+    return build
+
+
+register_source_kind(
+    SourceKind(
+        "lfw_aligned",
+        check=_check_lfw_split,
+        training=_lfw_aligned("training"),
+        verification=_lfw_aligned("verification"),
+        crop=None,  # aligned 112x112 faces: resized to the model's input, never cropped
+        alignment="arcface",
+        default_verification_sets=lambda argument: (
+            {"lfw_aligned_dev_test": "lfw_aligned:dev_test"} if argument == "dev_train" else {}
+        ),
+        set_name=lambda argument: f"lfw_aligned_{argument}",
     )
 )
