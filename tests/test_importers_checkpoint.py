@@ -113,7 +113,7 @@ def test_the_registry_lists_and_builds_importers():
     assert {"adaface", "insightface"} <= set(list_importers())
     assert list_importers("insight*") == ["insightface"]
     assert create_importer("insightface").name == "insightface"
-    with pytest.raises(ValueError, match="unknown import source 'mxnet'; available: adaface, insightface"):
+    with pytest.raises(ValueError, match="unknown import source 'mxnet'; available: adaface, dlib, insightface"):
         create_importer("mxnet")
     with pytest.raises(ValueError, match="lowercase identifiers"):
         register_importer("My-Source", add_arguments=lambda parser: None, description="")

@@ -11,6 +11,8 @@ an embedder fed a raw photo returns a confident but meaningless vector. This pac
   ``align`` extra: ``pip install "lightning-margin[align]"``. Nothing is downloaded at run time.
 * :mod:`~lightning_margin.align.alignment`: the alignment registry (:func:`register_alignment`,
   :func:`create_alignment`, :func:`list_alignments`); ``"arcface"`` is ``norm_crop``.
+* :mod:`~lightning_margin.align.dlib_chip`: the ``"dlib_chip"`` alignment, dlib's 150x150 face chip (what dlib's
+  face-recognition ResNet takes), from the detector's own landmarks.
 * :mod:`~lightning_margin.align.landmarks_file`: ``landmarks.tsv``, which also reads insightface's landmark lists.
 * :mod:`~lightning_margin.align.folder`: ``lightning-margin data align`` (:func:`align_folder`).
 
@@ -21,7 +23,10 @@ Example:
     (112, 112)
 """
 
-from lightning_margin.align import dlib_backend  # registers the "dlib" detector (dlib itself is imported when used)
+from lightning_margin.align import (
+    dlib_backend,  # registers the "dlib" detector (dlib itself is imported when used)
+    dlib_chip,  # registers the "dlib_chip" alignment
+)
 from lightning_margin.align.alignment import (
     AlignFunction,
     alignment_size,
@@ -72,6 +77,7 @@ __all__ = [
     "create_alignment",
     "create_detector",
     "dlib_backend",
+    "dlib_chip",
     "estimate_similarity",
     "image_tensor",
     "list_alignments",

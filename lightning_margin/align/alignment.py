@@ -11,6 +11,7 @@ The registered alignments:
 
 * ``"arcface"`` (default size 112): :func:`~lightning_margin.align.transform.norm_crop`'s warp of the five landmarks
   onto the ArcFace template.
+* ``"dlib_chip"`` (default size 150): dlib's face chip (:mod:`~lightning_margin.align.dlib_chip`).
 
 A new alignment is one module with one registered factory, imported by ``lightning_margin/align/__init__.py``::
 

@@ -2,8 +2,8 @@
 
 Importing this package registers ``iresnet18``, ``iresnet34``, ``iresnet50``, ``iresnet100``, ``iresnet200``
 (ArcFace's improved residual networks), AdaFace's ``ir_18``, ``ir_34``, ``ir_50``, ``ir_101`` and ``ir_se_50`` (the
-same trunks in TreB1eN's layout), ``mobilefacenet`` (Chen et al., 2018) and insightface's wider ``mbf`` and
-``mbf_large``, so that they are built like any timm model.
+same trunks in TreB1eN's layout), ``mobilefacenet`` (Chen et al., 2018), insightface's wider ``mbf`` and
+``mbf_large``, and ``dlib_resnet`` (dlib's face-recognition ResNet), so that they are built like any timm model.
 
 Example:
     >>> import timm
@@ -14,6 +14,13 @@ Example:
     512
 """
 
+from lightning_margin.backbones.dlib_resnet import (
+    DLIB_RESNET_STAGES,
+    ChannelAffine,
+    DlibResidualBlock,
+    DlibResNet,
+    dlib_resnet,
+)
 from lightning_margin.backbones.factory import FACE_BACKBONES, build_backbone, feature_width
 from lightning_margin.backbones.iresnet import (
     ADAFACE_IR,
@@ -47,6 +54,7 @@ from lightning_margin.backbones.mobilefacenet import (
 
 __all__ = [
     "ADAFACE_IR",
+    "DLIB_RESNET_STAGES",
     "FACE_BACKBONES",
     "IRESNET_LAYERS",
     "IRESNET_POOL_TYPES",
@@ -56,13 +64,17 @@ __all__ = [
     "MOBILEFACENET_BOTTLENECKS",
     "MOBILEFACENET_POOL_TYPES",
     "Bottleneck",
+    "ChannelAffine",
     "ConvBnPReLU",
+    "DlibResNet",
+    "DlibResidualBlock",
     "GDCFaceNet",
     "IRBlock",
     "IResNet",
     "MobileFaceNet",
     "SqueezeExcite",
     "build_backbone",
+    "dlib_resnet",
     "feature_width",
     "ir_18",
     "ir_34",

@@ -7,6 +7,8 @@ One registry (:mod:`lightning_margin.importers.registry`) behind ``lightning-mar
   :mod:`lightning_margin.importers.insightface`.
 * ``adaface``: an AdaFace Lightning ``.ckpt`` (ir_18, ir_34, ir_50, ir_101, ir_se_50);
   :mod:`lightning_margin.importers.adaface`.
+* ``dlib``: dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1.dat``), read from dlib's own
+  serialisation without dlib; :mod:`lightning_margin.importers.dlib`.
 
 Checkpoints are read without running any code they name (:func:`read_checkpoint`), and weights that do not fit the
 architecture raise :class:`CheckpointMismatchError` in the file's own key names.
@@ -14,11 +16,11 @@ architecture raise :class:`CheckpointMismatchError` in the file's own key names.
 Example:
     >>> from lightning_margin.importers import list_importers
     >>> list_importers()  # doctest: +ELLIPSIS
-    ['adaface', ...'insightface'...]
+    ['adaface', 'dlib', ...'insightface'...]
 """
 
 # Importing the built-in importers registers them.
-from lightning_margin.importers import adaface, insightface  # noqa: F401
+from lightning_margin.importers import adaface, dlib, insightface  # noqa: F401
 from lightning_margin.importers._checkpoint import (
     CheckpointMismatchError,
     UnsafeCheckpointError,
