@@ -1,7 +1,7 @@
 """``lightning-margin data align``: layout, landmarks.tsv, the report of bad files, resuming, overwriting, workers.
 
-Most tests use a stand-in detector registered for the test (it "finds" a face at fixed landmarks in any image that is
-not black), so they need neither dlib nor time; the last ones run dlib on real LFW photos.
+Most tests use the stand-in detector of :mod:`tests.align_stand_in` (it "finds" a face at fixed landmarks in any
+image that is not black), so they need neither dlib nor time; the last one runs dlib on real LFW photos.
 """
 
 from __future__ import annotations
@@ -14,42 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import lightning_margin.align.detect as detect
-from lightning_margin.align import ARCFACE_TEMPLATE, DetectedFace, norm_crop, read_landmarks_file, register_detector
-from lightning_margin.align._registry import Registry
+from lightning_margin.align import norm_crop, read_landmarks_file
 from lightning_margin.align.folder import JOURNAL_FILE, REPORT_FILE, align_folder, list_images, main
-
-FACE = ARCFACE_TEMPLATE * 0.9 + [14.3, 9.7]  # inside a 130x150 photo
-CALLS: list[int] = []  # detector calls made in this process
-STOP_AT: list[int] = []  # raise KeyboardInterrupt at this call (an interrupted run)
+from tests.align_stand_in import CALLS, FACE, STOP_AT
 
 
 @pytest.fixture(autouse=True)
-def stand_in_detector(monkeypatch):
-    monkeypatch.setattr(detect, "_DETECTORS", Registry("detector"))
+def fresh_counts():
     CALLS.clear()
     STOP_AT.clear()
-
-    @register_detector("stand_in")
-    def stand_in(tilt: float = 0.0) -> detect.DetectorBackend:
-        def find(image: np.ndarray) -> list[DetectedFace]:
-            CALLS.append(1)
-            if STOP_AT and len(CALLS) == STOP_AT[0]:
-                raise KeyboardInterrupt
-            if image.max() < 10:  # a black photo: no face
-                return []
-            # The landmarks depend on the image, so a crop mixed up with another image's would show.
-            shift = float(image[0, 0, 0]) / 64 + tilt
-            return [DetectedFace((5.0, 5.0, 110.0, 120.0), 0.8, FACE + shift)]
-
-        return find
-
-    @register_detector("broken")
-    def broken() -> detect.DetectorBackend:
-        def fail(image: np.ndarray) -> list[DetectedFace]:
-            raise AssertionError("the detector ran although landmarks were given")
-
-        return fail
 
 
 def photo(path: Path, seed: int, black: bool = False) -> None:
@@ -267,17 +240,16 @@ def test_a_flat_folder_and_an_output_inside_the_input(tmp_path):
 # ---- dlib on LFW photos -----------------------------------------------------------------------------------------
 
 
-def test_data_align_on_lfw_photos(lfw_root, tmp_path, capsys):
+@pytest.mark.timeout(600)  # the failure this guards against is a hang
+def test_data_align_on_lfw_photos_with_one_and_two_workers(lfw_root, tmp_path, capsys):
     pytest.importorskip("dlib", reason='the dlib detector needs the align extra: pip install -e ".[align]"')
-    from lightning_margin.align.dlib_backend import DlibDetector
-
-    register_detector("dlib")(DlibDetector)  # into this test's registry (the fixture replaced the real one)
     source = tmp_path / "lfw"
-    for name in ("Aaron_Eckhart", "Abdullah_Gul"):
+    # Abdoulaye_Wade_0003: HOG finds no face there, the CNN detector does.
+    for name in ("Aaron_Eckhart", "Abdoulaye_Wade", "Abdullah_Gul"):
         shutil.copytree(lfw_root / "lfw-deepfunneled" / name, source / name)
     (source / "Aaron_Eckhart/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut")
     assert main([str(source), str(tmp_path / "out"), "--select", "center", "--quiet"]) == 0
-    assert "aligned 20, already done 0, failed 1" in capsys.readouterr().out
+    assert "aligned 24, already done 0, failed 1" in capsys.readouterr().out
     records = read_landmarks_file(tmp_path / "out/landmarks.tsv")
     report = (tmp_path / "out" / REPORT_FILE).read_text().splitlines()[1:]
     assert [line.split("\t")[0] for line in report] == ["Aaron_Eckhart/broken.jpg"]
@@ -286,3 +258,7 @@ def test_data_align_on_lfw_photos(lfw_root, tmp_path, capsys):
         assert record.face.box is not None and record.face.score is not None
         expected = saved(norm_crop(Image.open(source / name), record.face.landmarks), "JPEG")
         np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / name)), expected)
+    # dlib's detectors have run in this process now (the CNN one's thread pool started): worker processes must
+    # still detect, not wait forever on a lock of a thread that was not forked with them.
+    assert main([str(source), str(tmp_path / "two"), "--select", "center", "--quiet", "--workers", "2"]) == 0
+    assert folder_bytes(tmp_path / "two") == folder_bytes(tmp_path / "out")

@@ -82,7 +82,7 @@ def _check_parity(source, embedder, faces):
     with torch.no_grad():
         normalised, norms = source(_bgr_input(faces))
         raw = embedder(_bgr_input(faces).flip(1))  # the model on the same normalised input, given in RGB
-        embedded = embedder.embed(faces, flip=False, align=False)  # aligned RGB uint8 crops, the embedder's preprocessing
+        embedded = embedder.embed(faces, flip=False, align=False)  # aligned uint8 RGB crops, its preprocessing
     assert (raw - normalised * norms).abs().max() <= TOLERANCE
     assert (embedded - normalised).abs().max() <= TOLERANCE
     return normalised

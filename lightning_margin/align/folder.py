@@ -40,6 +40,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,7 +63,7 @@ from lightning_margin.align.transform import tensor_to_pil
 from lightning_margin.data.decode import CorruptImageError, read_image_file
 from lightning_margin.data.image_folder import IMAGE_EXTENSIONS
 
-__all__ = ["JOURNAL_FILE", "REPORT_FILE", "AlignSummary", "align_folder", "list_images", "main"]
+__all__ = ["JOURNAL_FILE", "REPORT_FILE", "AlignSummary", "WorkerStartError", "align_folder", "list_images", "main"]
 
 #: The failures of the last run (``PATH<TAB>REASON``), in ``OUTPUT``.
 REPORT_FILE = "report.tsv"
@@ -131,7 +132,7 @@ def list_images(folder: str | os.PathLike[str], exclude: str | os.PathLike[str] 
     return sorted(found)
 
 
-def _settings(alignment: str, image_size: int) -> str:
+def _header(alignment: str, image_size: int) -> str:
     return f"data align: alignment={alignment} size={image_size}"
 
 
@@ -150,15 +151,49 @@ def _recorded_settings(path: Path) -> str | None:
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(
-    detector: str | None, options: dict[str, Any], alignment: str, image_size: int, selection: str, threads: int | None
-) -> None:
-    if threads is not None:
-        # One process per core: torch's own threads would only compete with the other workers.
-        torch.set_num_threads(threads)
-    _WORKER["detector"] = FaceDetector(detector, **options) if detector is not None else None
-    _WORKER["align"] = create_alignment(alignment, image_size)
-    _WORKER["selection"] = selection
+class _Settings(NamedTuple):
+    """What each worker builds its detector and alignment from (plain values: they go to spawned processes)."""
+
+    detector: str | None  # None: every job brings its landmarks
+    options: dict[str, Any]
+    alignment: str
+    image_size: int
+    selection: str
+    modules: tuple[str, ...]  # where the detector and alignment were registered (a user's module, say)
+
+
+def _start_worker(settings: _Settings, threads: int | None) -> None:
+    try:
+        if threads is not None:
+            # One process per core: torch's own threads would only compete with the other workers.
+            torch.set_num_threads(threads)
+        # A spawned worker starts with the built-in registrations only; importing the modules that registered the
+        # caller's detector or alignment registers them here too.
+        for module in settings.modules:
+            import_module("__mp_main__" if module == "__main__" and "__mp_main__" in sys.modules else module)
+        detector = FaceDetector(settings.detector, **settings.options) if settings.detector is not None else None
+        _WORKER.update(
+            detector=detector,
+            align=create_alignment(settings.alignment, settings.image_size),
+            selection=settings.selection,
+            error=None,
+        )
+    except Exception as error:  # an initializer that raises would be restarted by the pool forever
+        _WORKER["error"] = f"{type(error).__name__}: {error}"
+
+
+def _settings(
+    detector: str | None, options: dict[str, Any], alignment: str, image_size: int, selection: str
+) -> _Settings:
+    """The workers' settings; builds the detector and the alignment once here, so bad settings fail early."""
+    align = create_alignment(alignment, image_size)
+    modules = [align.__module__]
+    if detector is not None:
+        backend = FaceDetector(detector, **options).backend
+        modules.append(getattr(backend, "__module__", type(backend).__module__))
+    builtin = {"lightning_margin.align.alignment", "lightning_margin.align.dlib_backend"}
+    extra = tuple(dict.fromkeys(module for module in modules if module not in builtin))
+    return _Settings(detector, dict(options), alignment, image_size, selection, extra)
 
 
 def _encode(crop: torch.Tensor, path: str) -> bytes:
@@ -172,7 +207,17 @@ def _encode(crop: torch.Tensor, path: str) -> bytes:
     return buffer.getvalue()
 
 
+class WorkerStartError(RuntimeError):
+    """A worker process could not build the detector or the alignment (e.g. one registered where it cannot import
+    it); raised in the calling process."""
+
+
 def _align_one(job: _Job) -> _Outcome:
+    if _WORKER.get("error"):
+        raise WorkerStartError(
+            f"a data align worker could not start: {_WORKER['error']}. Register custom detectors and alignments at "
+            "the top level of an importable module (worker processes import it), or use workers=1"
+        )
     try:
         try:
             image = read_image_file(job.source, job.path)
@@ -199,19 +244,29 @@ def _align_one(job: _Job) -> _Outcome:
         return _Outcome(job.path, None, None, f"{type(error).__name__}: {error}")
 
 
-def _outcomes(jobs: list[_Job], workers: int, start: tuple[Any, ...], progress: bool) -> Iterator[_Outcome]:
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Never plain fork: a process forked after dlib's detector (or torch) ran keeps their thread pools' locks but not
+    their threads, and its first detection waits forever. A fork server (started once per process, having only
+    imported this module) forks clean workers quickly; spawn where there is none (Windows). Each worker loads the
+    models itself."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def _outcomes(jobs: list[_Job], workers: int, settings: _Settings, progress: bool) -> Iterator[_Outcome]:
     if not jobs:
         return
     with tqdm(total=len(jobs), desc="aligning", unit="img", disable=not progress) as bar:
         if workers == 1 or len(jobs) <= 1:
-            _start_worker(*start, None)
+            _start_worker(settings, None)
             for job in jobs:
                 yield _align_one(job)
                 bar.update()
             return
-        # fork: the workers inherit the loaded models and any detector or alignment registered by the caller.
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(workers, _start_worker, (*start, 1)) as pool:
+        with _worker_context().Pool(workers, _start_worker, (settings, 1)) as pool:
             for outcome in pool.imap_unordered(_align_one, jobs, chunksize=4):
                 yield outcome
                 bar.update()
@@ -281,7 +336,7 @@ def align_folder(
     if not images:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {input_folder}")
 
-    settings = _settings(alignment, size)
+    header = _header(alignment, size)
     landmarks_path, journal_path = output / LANDMARKS_FILE, output / JOURNAL_FILE
     records: dict[str, LandmarksRecord] = {}
     if overwrite:
@@ -289,10 +344,10 @@ def align_folder(
     else:
         for previous in (landmarks_path, journal_path):
             recorded = _recorded_settings(previous)
-            if recorded is not None and recorded != settings:
+            if recorded is not None and recorded != header:
                 raise ValueError(
                     f"{output_folder} holds crops made with {recorded.removeprefix('data align: ')}, not "
-                    f"{settings.removeprefix('data align: ')}: use another output folder, or --overwrite"
+                    f"{header.removeprefix('data align: ')}: use another output folder, or --overwrite"
                 )
         if landmarks_path.exists():
             records.update(read_landmarks_file(landmarks_path))
@@ -318,17 +373,14 @@ def align_folder(
             face = records[path].face if path in records and not overwrite else None
         jobs.append(_Job(path, str(source / path), face))
 
-    if given is None and any(job.face is None for job in jobs):
-        # Bad options or a missing backend fail here, before any file is written; the models it loads are then
-        # shared by the worker processes (forked after).
-        FaceDetector(detector, **(detector_options or {}))
+    # Bad options or a missing backend fail here, before any file is written.
+    needs_detector = given is None and any(job.face is None for job in jobs)
+    settings = _settings(detector if needs_detector else None, detector_options or {}, alignment, size, selection)
     output.mkdir(parents=True, exist_ok=True)
-    needs_detector = any(job.face is None for job in jobs)
-    start = (detector if needs_detector else None, detector_options or {}, alignment, size, selection)
     with open(journal_path, "a", encoding="utf-8") as journal:
         if journal.tell() == 0:
-            journal.write(f"# {settings}\n")
-        for outcome in _outcomes(jobs, workers, start, progress):
+            journal.write(f"# {header}\n")
+        for outcome in _outcomes(jobs, workers, settings, progress):
             if outcome.face is None or outcome.data is None:
                 summary.failed.append((outcome.path, outcome.reason or "failed"))
                 continue
@@ -342,7 +394,7 @@ def align_folder(
             summary.aligned += 1
 
     write_landmarks_file(
-        landmarks_path, [record for path, record in records.items() if (output / path).exists()], settings
+        landmarks_path, [record for path, record in records.items() if (output / path).exists()], header
     )
     summary.failed.sort()
     with atomic_path(output / REPORT_FILE) as temporary:

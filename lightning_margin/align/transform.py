@@ -331,7 +331,7 @@ def tensor_to_pil(image: Tensor) -> Image.Image:
     from PIL import Image
 
     pixels = image.detach().cpu().permute(1, 2, 0)  # no copy for channels-last tensors (decoded images, warps)
-    return Image.fromarray(np.ascontiguousarray(pixels.numpy()), "RGB")
+    return Image.fromarray(np.ascontiguousarray(pixels.numpy()))
 
 
 def norm_crop(image: Any, landmarks: Any, image_size: int = ARCFACE_SIZE) -> Image.Image:
@@ -339,7 +339,7 @@ def norm_crop(image: Any, landmarks: Any, image_size: int = ARCFACE_SIZE) -> Ima
 
     :func:`similarity_transform` to the template of an ``image_size`` crop, then :func:`warp_affine` (bilinear,
     black border). The result agrees with insightface's (scikit-image's estimate + ``cv2.warpAffine``) to a fraction
-    of a grey level on average (``tests/align/test_transform.py`` compares them on LFW faces).
+    of a grey level on average (``tests/test_align_transform.py`` compares them on LFW faces).
 
     Args:
         image: A PIL image, an RGB tensor ``[3, H, W]`` or a ``uint8`` NumPy array ``[H, W, 3]`` in RGB order.

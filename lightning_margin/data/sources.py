@@ -476,7 +476,7 @@ def _lfw_aligned(role: Role) -> DatasetBuilder:
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"{spec!r} reads the aligned copy of LFW, {folder}, which does not exist; build it once (pip install "
-                f"-e '.[align]'; ~10 min on 2 cores) with: {LFW_ALIGN_COMMAND.format(data=root.parent)} --workers 2"
+                f"-e '.[align]'; about 10 CPU-minutes) with: {LFW_ALIGN_COMMAND.format(data=root.parent)} --workers 2"
             )
         try:
             if role == "training":
