@@ -18,7 +18,6 @@ import torch
 from lightning_margin.backbones.dlib_resnet import DlibResNet
 from lightning_margin.embedder import FaceEmbedder
 from lightning_margin.importers import create_importer
-from lightning_margin.importers import dlib as dlib_importer
 from lightning_margin.importers.cli import main as import_main
 from lightning_margin.importers.dlib import dlib_import, dlib_state_dict, installed_dlib_model, read_dlib_model
 from lightning_margin.importers.dlib_format import DlibLayer, read_dlib_net
@@ -172,8 +171,8 @@ def test_a_missing_models_package_says_how_to_get_the_file(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(dlib_importer.importlib.metadata, "distribution", missing)
-    with pytest.raises(FileNotFoundError, match="face_recognition_models is not installed.*pip install face-recogn"):
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(FileNotFoundError, match="not installed.*face-recognition-models.*--dat FILE"):
         read_dlib_model()
     with pytest.raises(FileNotFoundError, match="no/such.dat: no such dlib model file"):
         read_dlib_model("no/such.dat")

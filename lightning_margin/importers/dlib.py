@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_margin.align.dlib_backend import MODELS_DISTRIBUTION, model_file
 from lightning_margin.backbones.dlib_resnet import (
     DLIB_EMBEDDING_SIZE,
     DLIB_INPUT_SCALE,
@@ -56,7 +56,7 @@ __all__ = [
 #: The file name of dlib's face-recognition model, as dlib-models and face-recognition-models ship it.
 DLIB_RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 #: The distribution (``pip install face-recognition-models``) whose files include the model.
-DLIB_MODELS_DISTRIBUTION = "face_recognition_models"
+DLIB_MODELS_DISTRIBUTION = MODELS_DISTRIBUTION
 #: The alignment the network was trained on: dlib's 150x150 face chip (:mod:`lightning_margin.align.dlib_chip`).
 DLIB_ALIGNMENT = "dlib_chip"
 #: The released weights' licence and home.
@@ -68,9 +68,8 @@ DLIB_MODELS_URL = "https://github.com/davisking/dlib-models"
 
 
 def installed_dlib_model(name: str = DLIB_RECOGNITION_MODEL) -> Path:
-    """The path of a model file that ``face-recognition-models`` installed, from the distribution's file list.
-
-    The package is not imported (its ``__init__`` imports ``pkg_resources``, which recent setuptools lack).
+    """The path of a model file that ``face-recognition-models`` installed (the detector's rule:
+    :func:`lightning_margin.align.dlib_backend.model_file`), with the importer's hint.
 
     Raises:
         FileNotFoundError: the distribution is not installed, does not list ``name``, or the file is missing.
@@ -79,18 +78,10 @@ def installed_dlib_model(name: str = DLIB_RECOGNITION_MODEL) -> Path:
         >>> installed_dlib_model().name  # doctest: +SKIP
         'dlib_face_recognition_resnet_model_v1.dat'
     """
-    hint = "`pip install face-recognition-models`, or pass the file (--dat FILE / path=...)"
     try:
-        distribution = importlib.metadata.distribution(DLIB_MODELS_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"{DLIB_MODELS_DISTRIBUTION} is not installed, so there is no {name}: {hint}") from None
-    for file in distribution.files or ():
-        if file.name == name:
-            path = Path(str(file.locate()))
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: listed by {DLIB_MODELS_DISTRIBUTION} but missing; reinstall it")
-            return path
-    raise FileNotFoundError(f"{DLIB_MODELS_DISTRIBUTION} {distribution.version} lists no {name}: {hint}")
+        return model_file(name)
+    except (ImportError, FileNotFoundError) as error:
+        raise FileNotFoundError(f"{error}; or pass the file (--dat FILE / path=...)") from None
 
 
 @dataclass(frozen=True)
