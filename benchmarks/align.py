@@ -39,17 +39,8 @@ from lightning_margin.align import FaceDetector, norm_crop, read_landmarks_file,
 from lightning_margin.align.folder import _encode, align_folder
 from lightning_margin.align.transform import ARCFACE_SIZE
 from lightning_margin.data import read_image_file
+from lightning_margin.data.lfw import first_lfw_images
 from lightning_margin.data.sources import DATA_ENV
-
-
-def first_images(root: Path, count: int) -> list[Path]:
-    folder = root / "lfw" / "lfw-deepfunneled"
-    paths: list[Path] = []
-    for name in sorted(os.listdir(folder)):
-        paths.extend(sorted((folder / name).glob("*.jpg")))
-        if len(paths) >= count:
-            break
-    return paths[:count]
 
 
 def best_of(function: Callable[[], object], repeats: int) -> float:
@@ -84,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
 
     cv2.setNumThreads(1)
-    paths = first_images(Path(base), arguments.num_images)
+    paths = first_lfw_images(Path(base) / "lfw", arguments.num_images)
     print(
         f"{len(paths)} LFW images (250x250 JPEG), torch {torch.__version__}, OpenCV {cv2.__version__}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n"

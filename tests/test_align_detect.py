@@ -9,7 +9,6 @@ corners of each eye must bracket the eye centre the 68-point model gives.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from lightning_margin.align import (
 )
 from lightning_margin.align._registry import Registry
 from lightning_margin.align.dlib_backend import landmarks_from_68
+from lightning_margin.data.lfw import first_lfw_images
 
 ALIGN_EXTRA = 'dlib tests need the align extra: pip install -e ".[align]" (dlib-bin, face-recognition-models)'
 POINTS = [[10, 10], [30, 10], [20, 20], [12, 30], [28, 30]]
@@ -138,16 +138,6 @@ def test_missing_model_files_say_how_to_install_them(monkeypatch):
 @pytest.fixture(scope="module")
 def dlib():
     return pytest.importorskip("dlib", reason=ALIGN_EXTRA)
-
-
-def first_lfw_images(lfw_root: Path, count: int) -> list[Path]:
-    folder = lfw_root / "lfw-deepfunneled"
-    paths: list[Path] = []
-    for name in sorted(os.listdir(folder)):
-        paths.extend(sorted((folder / name).glob("*.jpg")))
-        if len(paths) >= count:
-            break
-    return paths[:count]
 
 
 def detections(paths: list[Path]) -> tuple[dict[Path, list[DetectedFace]], int]:
